@@ -1,0 +1,182 @@
+"""
+Every error ``cobalt_async`` raises shares one root, :class:`CobaltError`.
+
+    CobaltError
+    ├── ConfigurationError (ValueError)        a client or receiver was set up wrongly
+    ├── RequestValidationError (ValueError)    refused locally, before any request was sent
+    ├── ClientClosedError (RuntimeError)       the client was used after aclose()
+    ├── APIError                               Cobalt answered, or the request failed in transit
+    │   ├── APIStatusError                     Cobalt answered with an error status
+    │   │   ├── BadRequestError                400: missing or unexpected field
+    │   │   ├── LoginRequiredError             403: the EHR link expired, run Cobalt Link again
+    │   │   ├── NotFoundError                  404: unknown user, MRN or task
+    │   │   ├── RateLimitError                 429
+    │   │   └── ServerError                    5xx
+    │   └── CobaltConnectionError              the request failed in transit
+    │       └── CobaltTimeoutError             ... by timing out
+    ├── JobFailedError                         Cobalt reported the job as failed
+    ├── JobTimeoutError (TimeoutError)         a wait gave up; the job itself goes on
+    ├── WebhookVerificationError (ValueError)  a webhook's signature did not verify
+    └── SinkUnavailableError                   the sink could not store or read outcomes
+
+``APIError.outcome_unknown`` is true when a create request may have reached Cobalt
+(a 5xx, a read timeout, a dropped connection): the job may exist, so do not resubmit blindly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .models import FailureReason, JobEvent
+
+_UNKNOWN_OUTCOME_ADVICE = (
+    "The request may have reached Cobalt, so the job may exist: do not resubmit blindly. "
+    "Look for its outcome with GET /v1/webhook-events before creating it again."
+)
+
+
+class CobaltError(Exception):
+    """Base class of every error raised by cobalt_async."""
+
+
+class ConfigurationError(CobaltError, ValueError):
+    """A client, sink or receiver was configured wrongly; the message says what to set."""
+
+
+class RequestValidationError(CobaltError, ValueError):
+    """A request was refused locally before anything was sent to Cobalt."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ClientClosedError(CobaltError, RuntimeError):
+    """The client was used after it was closed."""
+
+
+class APIError(CobaltError):
+    """A request to Cobalt did not succeed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str,
+        path: str,
+        status_code: int | None = None,
+        outcome_unknown: bool = False,
+    ) -> None:
+        self.message = message
+        self.method = method
+        self.path = path
+        self.status_code = status_code
+        self.outcome_unknown = outcome_unknown
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        status = f" -> {self.status_code}" if self.status_code is not None else ""
+        text = f"{self.method} {self.path}{status}: {self.message}"
+        return f"{text} {_UNKNOWN_OUTCOME_ADVICE}" if self.outcome_unknown else text
+
+
+class APIStatusError(APIError):
+    """
+    Cobalt answered with an error status and its ``{success: false, message}`` envelope.
+
+    ``retry_after`` carries the ``Retry-After`` header in seconds, when Cobalt sent one.
+    """
+
+    status_code: int
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str,
+        path: str,
+        status_code: int,
+        error: str | None = None,
+        retry_after: float | None = None,
+        outcome_unknown: bool = False,
+    ) -> None:
+        self.error = error
+        self.retry_after = retry_after
+        super().__init__(
+            message,
+            method=method,
+            path=path,
+            status_code=status_code,
+            outcome_unknown=outcome_unknown,
+        )
+
+
+class BadRequestError(APIStatusError):
+    """400: Cobalt refused the request; ``fields`` names the missing or unexpected fields."""
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        _, _, names = self.message.partition(":")
+        return tuple(name.strip(" .") for name in names.split(",") if name.strip(" ."))
+
+    @property
+    def field(self) -> str | None:
+        return self.fields[0] if self.fields else None
+
+
+class LoginRequiredError(APIStatusError):
+    """403: the provider's EHR link expired; run Cobalt Link in update mode."""
+
+
+class NotFoundError(APIStatusError):
+    """404: Cobalt does not know the user, patient or task."""
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests; ``retry_after`` is Cobalt's hint in seconds, when given."""
+
+
+class ServerError(APIStatusError):
+    """5xx: Cobalt failed. For a create request the outcome is unknown."""
+
+
+class CobaltConnectionError(APIError):
+    """The request failed in transit."""
+
+
+class CobaltTimeoutError(CobaltConnectionError):
+    """The request timed out."""
+
+
+class JobFailedError(CobaltError):
+    """Cobalt reported the job as failed; ``event`` is the failure event."""
+
+    def __init__(self, event: JobEvent) -> None:
+        self.event = event
+        self.job_id = event.job_id
+        self.failure_reason: str | None = getattr(event.data, "failure_reason", None)
+        self.reasons: tuple[FailureReason, ...] = tuple(getattr(event.data, "reasons", None) or ())
+        reason = self.failure_reason or "no reason given"
+        super().__init__(f"job {self.job_id} failed ({event.type}): {reason}")
+
+
+class JobTimeoutError(CobaltError, TimeoutError):
+    """A wait for a job gave up before its outcome was known."""
+
+    def __init__(self, job_id: str, timeout: float) -> None:
+        self.job_id = job_id
+        self.timeout = timeout
+        super().__init__(
+            f"job {job_id} has no outcome after {timeout:g} s. A timeout does not mean the job "
+            "failed and it was not cancelled: await the handle again, or attach to the job_id "
+            "later. Do not resubmit."
+        )
+
+
+class WebhookVerificationError(CobaltError, ValueError):
+    """A webhook delivery failed signature verification."""
+
+
+class SinkUnavailableError(CobaltError):
+    """The sink could not store or read outcomes (for example, Redis is down)."""

@@ -1,0 +1,220 @@
+"""Webhook signatures (Cobalt's scheme) and the one ingestion path, WebhookReceiver."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import inspect
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+import anyio
+from pydantic import ValidationError
+
+from ._errors import ConfigurationError, SinkUnavailableError, WebhookVerificationError
+from .models import Event, parse_event
+
+if TYPE_CHECKING:
+    from .sinks import Sink
+
+logger = logging.getLogger("cobalt_async.webhooks")
+
+SIGNATURE_HEADER = "cobalt-verification"
+DELIVERY_ID_HEADER = "webhook-id"
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+# Cobalt waits 5 s for the first delivery and 2 s for its single retry: a sink that cannot
+# store within 1.5 s gets a 503 early enough for that retry to land.
+DEFAULT_PUBLISH_TIMEOUT = 1.5
+
+Headers: TypeAlias = Mapping[str, str] | Iterable[tuple[bytes | str, bytes | str]]
+EventHook: TypeAlias = Callable[[Event], Awaitable[None] | None]
+ReceiptOutcome: TypeAlias = Literal[
+    "accepted", "duplicate", "conflict", "unauthorized", "invalid", "too_large", "unavailable"
+]
+
+
+def compact_json(payload: Any) -> bytes:
+    """Serialise *payload* as JavaScript's ``JSON.stringify`` does for Cobalt's events."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign_webhook(payload: Mapping[str, Any] | bytes | str, secret: str) -> str:
+    """
+    Sign a webhook body exactly as Cobalt does: hex HMAC-SHA256 of ``JSON.stringify(payload)``.
+
+    A mapping is serialised compactly first; bytes and str are signed as given.
+    """
+    if isinstance(payload, Mapping):
+        body = compact_json(payload)
+    else:
+        body = payload.encode() if isinstance(payload, str) else payload
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class _Verifier:
+    """Checks Cobalt signatures against one or more secrets. Strictly private."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        if isinstance(secrets, str) or not secrets or not all(secrets):
+            msg = (
+                "secrets must be a non-empty list of webhook secrets, e.g. "
+                "secrets=[os.environ['COBALT_WEBHOOK_SECRET']]; during a rotation pass both"
+            )
+            raise ConfigurationError(msg)
+        self._macs = [hmac.new(secret.encode(), digestmod=hashlib.sha256) for secret in secrets]
+
+    def _matches(self, body: bytes, signature: str) -> bool:
+        found = False
+        for mac in self._macs:
+            candidate = mac.copy()
+            candidate.update(body)
+            # No early exit: the time taken does not tell which secret matched.
+            found |= hmac.compare_digest(candidate.hexdigest(), signature)
+        return found
+
+    def verify(self, body: bytes, signature: str | None) -> Any:
+        """
+        Return the parsed body if it was re-serialised to verify, else ``_RAW``.
+
+        Raises:
+            WebhookVerificationError: No secret produced this signature.
+        """
+        if not signature:
+            msg = f"missing {SIGNATURE_HEADER} header: this request was not signed by Cobalt"
+            raise WebhookVerificationError(msg)
+        signature = signature.strip().lower()
+        if self._matches(body, signature):
+            return _RAW
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = _RAW
+        if parsed is not _RAW and self._matches(compact_json(parsed), signature):
+            return parsed
+        msg = f"{SIGNATURE_HEADER} does not match: wrong secret, or the body was altered"
+        raise WebhookVerificationError(msg)
+
+
+_RAW: Any = object()
+
+
+def _header(headers: Headers, name: str) -> str | None:
+    if isinstance(headers, Mapping):
+        for key, value in headers.items():
+            if key.lower() == name:
+                return value
+        return None
+    for key, value in headers:
+        key_text = key.decode("latin-1") if isinstance(key, bytes) else key
+        if key_text.lower() == name:
+            return value.decode("latin-1") if isinstance(value, bytes) else value
+    return None
+
+
+def verify_webhook(body: bytes, headers: Headers, secrets: Sequence[str]) -> Event:
+    """
+    Verify a delivery and parse its event, without storing anything.
+
+    Raises:
+        WebhookVerificationError: The signature is missing or wrong, or the body is not an event.
+    """
+    parsed = _Verifier(secrets).verify(body, _header(headers, SIGNATURE_HEADER))
+    try:
+        return parse_event(body if parsed is _RAW else parsed)
+    except ValidationError as exc:
+        msg = "the signed body is not a Cobalt event"
+        raise WebhookVerificationError(msg) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What :meth:`WebhookReceiver.receive` did with a delivery, and the status to answer."""
+
+    status_code: int
+    outcome: ReceiptOutcome
+    detail: str
+    event: Event | None = None
+
+
+class WebhookReceiver:
+    """
+    Verify, parse, de-duplicate and store Cobalt webhook deliveries.
+
+    ``receive()`` never raises for a bad delivery: its receipt carries the status code to
+    answer (design §5). The optional *on_event* hook sees every new event, of any type.
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        secrets: Sequence[str],
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
+        on_event: EventHook | None = None,
+    ) -> None:
+        self.sink = sink
+        self.max_body_bytes = max_body_bytes
+        self.publish_timeout = publish_timeout
+        self.on_event = on_event
+        self._verifier = _Verifier(secrets)
+
+    def __repr__(self) -> str:
+        return f"<WebhookReceiver sink={self.sink!r} max_body_bytes={self.max_body_bytes}>"
+
+    async def receive(self, body: bytes, headers: Headers, *, dispatch: bool = True) -> Receipt:
+        """
+        Ingest one delivery: *body* must be the raw bytes exactly as received.
+
+        With ``dispatch=False`` the *on_event* hook is not run; call :meth:`dispatch` later
+        (the ASGI app does, after answering).
+        """
+        if not isinstance(body, bytes | bytearray | memoryview):
+            msg = (
+                "receive() needs the raw request body as bytes, not "
+                f"{type(body).__name__}: a parsed and re-serialised body may not match "
+                "the bytes Cobalt signed"
+            )
+            raise TypeError(msg)
+        receipt = await self._ingest(bytes(body), headers)
+        if dispatch:
+            await self.dispatch(receipt)
+        return receipt
+
+    async def _ingest(self, body: bytes, headers: Headers) -> Receipt:
+        if len(body) > self.max_body_bytes:
+            return Receipt(413, "too_large", f"body over {self.max_body_bytes} bytes")
+        try:
+            parsed = self._verifier.verify(body, _header(headers, SIGNATURE_HEADER))
+        except WebhookVerificationError as exc:
+            logger.warning("webhook refused: %s", exc)
+            return Receipt(401, "unauthorized", str(exc))
+        try:
+            event = parse_event(body if parsed is _RAW else parsed)
+        except ValidationError:
+            return Receipt(400, "invalid", "the signed body is not a Cobalt event")
+        return await self._publish(event, _header(headers, DELIVERY_ID_HEADER))
+
+    async def _publish(self, event: Event, delivery_id: str | None) -> Receipt:
+        try:
+            with anyio.fail_after(self.publish_timeout):
+                result = await self.sink.publish(event, delivery_id=delivery_id)
+        except (SinkUnavailableError, TimeoutError) as exc:
+            logger.error("webhook for job %s not stored, answering 503: %s", event.job_id, exc)
+            return Receipt(503, "unavailable", "the sink could not store the event", event)
+        logger.debug("webhook %s for job %s: %s", event.type, event.job_id, result)
+        return Receipt(200, result, result, event)
+
+    async def dispatch(self, receipt: Receipt) -> None:
+        """Run the *on_event* hook for a newly accepted event; its errors are logged, not raised."""
+        if self.on_event is None or receipt.outcome != "accepted" or receipt.event is None:
+            return
+        try:
+            result = self.on_event(receipt.event)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("on_event hook failed for a %s event", receipt.event.type)

@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import Discriminator, Field, Tag, TypeAdapter, model_validator
+
+from ._base import CobaltModel, LaxStr, OpenModel
+
+
+class FailureReason(OpenModel):
+    """One structured reason of a failure event."""
+
+    code: str | None = None
+    description: str | None = None
+
+
+class TaskCreatedData(OpenModel):
+    """Payload of ``task.created``."""
+
+    emr_task_id: LaxStr
+    """The EHR's own id of the task: pass it to ``client.tasks.notes.create()``."""
+    task_id: LaxStr | None = None
+    """Cobalt's id of the task, as returned by ``POST /v1/tasks``."""
+    subject: str | None = None
+    description: str | None = None
+
+
+class TaskFailedData(OpenModel):
+    """Payload of ``task.failed``."""
+
+    task_id: LaxStr | None = None
+    failure_reason: str | None = None
+    """Human-readable reason; a concatenation of ``reasons`` when both are sent."""
+    reasons: list[FailureReason] = Field(default_factory=list)
+
+
+class TaskNoteCreatedData(OpenModel):
+    """Payload of ``task_note.created``."""
+
+    task_note_id: LaxStr | None = None
+    emr_note_id: LaxStr | None = None
+    emr_task_id: LaxStr | None = None
+    note: str | None = None
+
+
+class TaskNoteFailedData(OpenModel):
+    """Payload of ``task_note.failed``."""
+
+    task_note_id: LaxStr | None = None
+    failure_reason: str | None = None
+    reasons: list[FailureReason] = Field(default_factory=list)
+
+
+class _Envelope(CobaltModel):
+    id: str | None = None
+    """Event id; deliveries of one event share it."""
+    type: str
+    job_id: LaxStr | None = None
+    """Always a string, whatever JSON type Cobalt sent."""
+    created: str | None = None
+    """ISO 8601 as Cobalt sent it (Cobalt's offsets are not always well formed)."""
+    object: str | None = None
+    access_token_reference_id: str | None = None
+
+
+class TaskCreatedEvent(_Envelope):
+    """A task was written to the EHR."""
+
+    type: Literal["task.created"]
+    data: TaskCreatedData
+
+
+class TaskFailedEvent(_Envelope):
+    """A task could not be written to the EHR."""
+
+    type: Literal["task.failed"]
+    data: TaskFailedData
+
+
+class TaskNoteCreatedEvent(_Envelope):
+    """A note was appended to an EHR task."""
+
+    type: Literal["task_note.created"]
+    data: TaskNoteCreatedData
+
+
+class TaskNoteFailedEvent(_Envelope):
+    """A note could not be appended to an EHR task."""
+
+    type: Literal["task_note.failed"]
+    data: TaskNoteFailedData
+
+
+class UnknownEvent(_Envelope):
+    """An event of a type this version does not model; ``raw`` keeps the whole payload."""
+
+    data: Any = None
+    raw: dict[str, Any]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_raw(cls, value: Any) -> Any:
+        if isinstance(value, Mapping) and "raw" not in value:
+            return {**value, "raw": dict(value)}
+        return value
+
+
+JobEvent: TypeAlias = TaskCreatedEvent | TaskFailedEvent | TaskNoteCreatedEvent | TaskNoteFailedEvent
+"""A terminal event: it settles the job named by its ``job_id``."""
+
+Event: TypeAlias = JobEvent | UnknownEvent
+
+_TERMINAL_TYPES = frozenset({"task.created", "task.failed", "task_note.created", "task_note.failed"})
+FAILURE_TYPES = frozenset({"task.failed", "task_note.failed"})
+
+
+def _event_tag(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, Mapping) else getattr(value, "type", None)
+    return kind if kind in _TERMINAL_TYPES else "unknown"
+
+
+_AnyEvent = Annotated[
+    Annotated[TaskCreatedEvent, Tag("task.created")]
+    | Annotated[TaskFailedEvent, Tag("task.failed")]
+    | Annotated[TaskNoteCreatedEvent, Tag("task_note.created")]
+    | Annotated[TaskNoteFailedEvent, Tag("task_note.failed")]
+    | Annotated[UnknownEvent, Tag("unknown")],
+    Discriminator(_event_tag),
+]
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(_AnyEvent)
+
+
+def parse_event(payload: bytes | str | Mapping[str, Any]) -> Event:
+    """
+    Parse a webhook body (raw JSON or already decoded) into its event model.
+
+    Raises:
+        pydantic.ValidationError: The payload is not an event object.
+    """
+    if isinstance(payload, bytes | str):
+        return _EVENT_ADAPTER.validate_json(payload)
+    return _EVENT_ADAPTER.validate_python(payload)
+
+
+def is_terminal(event: Event) -> bool:
+    """Whether *event* settles a job: a known task or task-note outcome with a ``job_id``."""
+    return event.job_id is not None and not isinstance(event, UnknownEvent)
+
+
+def event_from_record(record: Mapping[str, Any]) -> Event:
+    """
+    Parse one item of ``GET /v1/webhook-events`` into an event.
+
+    Both known record shapes are accepted: the newer one (``event_id``, ``event_type``,
+    ``created_at``) and the older one (``id``, ``type``, ``created``). ``data`` may hold the
+    whole webhook body or only its ``data`` member.
+    """
+    data = record.get("data")
+    if isinstance(data, Mapping) and "type" in data and "data" in data:
+        body: dict[str, Any] = {"job_id": record.get("job_id"), **data}
+    else:
+        body = {
+            "id": record.get("event_id", record.get("id")),
+            "type": record.get("event_type", record.get("type")),
+            "job_id": record.get("job_id"),
+            "created": record.get("created_at", record.get("created")),
+            "object": "event",
+            "access_token_reference_id": record.get("access_token_reference_id"),
+            "data": data if data is not None else {},
+        }
+    return parse_event(body)
