@@ -23,7 +23,7 @@ from ._requests import (
     TaskNoteCreateParams,
     TaskNoteCreateRequest,
 )
-from ._responses import ErrorBody, Pagination, TaskCreated, TaskNoteCreated, WebhookEventList
+from ._responses import ErrorBody, Pagination, TaskCreated, TaskNoteCreated
 
 __all__ = [
     "ErrorBody",

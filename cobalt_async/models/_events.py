@@ -106,13 +106,15 @@ class UnknownEvent(_Envelope):
         return value
 
 
-JobEvent: TypeAlias = TaskCreatedEvent | TaskFailedEvent | TaskNoteCreatedEvent | TaskNoteFailedEvent
+JobEvent: TypeAlias = (
+    TaskCreatedEvent | TaskFailedEvent | TaskNoteCreatedEvent | TaskNoteFailedEvent
+)
 """A terminal event: it settles the job named by its ``job_id``."""
 
 Event: TypeAlias = JobEvent | UnknownEvent
 
-_TERMINAL_TYPES = frozenset({"task.created", "task.failed", "task_note.created", "task_note.failed"})
 FAILURE_TYPES = frozenset({"task.failed", "task_note.failed"})
+_TERMINAL_TYPES = FAILURE_TYPES | {"task.created", "task_note.created"}
 
 
 def _event_tag(value: Any) -> str:

@@ -1,0 +1,87 @@
+"""Async Python SDK for Cobalt's EHR task API: submit tasks and notes, await their outcome."""
+
+from ._client import CobaltClient
+from ._config import NOT_GIVEN, PollPolicy
+from ._errors import (
+    APIError,
+    APIStatusError,
+    BadRequestError,
+    ClientClosedError,
+    CobaltConnectionError,
+    CobaltError,
+    CobaltTimeoutError,
+    ConfigurationError,
+    JobFailedError,
+    JobTimeoutError,
+    LoginRequiredError,
+    NotFoundError,
+    RateLimitError,
+    RequestValidationError,
+    ServerError,
+    SinkUnavailableError,
+    WebhookVerificationError,
+)
+from ._handles import JobHandle, JobKind, JobStatus
+from ._version import __version__
+from ._webhooks import Receipt, WebhookReceiver, sign_webhook, verify_webhook
+from .models import (
+    Event,
+    JobEvent,
+    TaskCreatedEvent,
+    TaskFailedEvent,
+    TaskNoteCreatedEvent,
+    TaskNoteFailedEvent,
+    UnknownEvent,
+)
+from .sinks import InMemorySink, Sink, SinkStats
+
+__all__ = [
+    "NOT_GIVEN",
+    "APIError",
+    "APIStatusError",
+    "BadRequestError",
+    "ClientClosedError",
+    "CobaltClient",
+    "CobaltConnectionError",
+    "CobaltError",
+    "CobaltTimeoutError",
+    "ConfigurationError",
+    "Event",
+    "InMemorySink",
+    "JobEvent",
+    "JobFailedError",
+    "JobHandle",
+    "JobKind",
+    "JobStatus",
+    "JobTimeoutError",
+    "LoginRequiredError",
+    "NotFoundError",
+    "PollPolicy",
+    "RateLimitError",
+    "Receipt",
+    "RequestValidationError",
+    "ServerError",
+    "Sink",
+    "SinkStats",
+    "SinkUnavailableError",
+    "TaskCreatedEvent",
+    "TaskFailedEvent",
+    "TaskNoteCreatedEvent",
+    "TaskNoteFailedEvent",
+    "UnknownEvent",
+    "WebhookReceiver",
+    "WebhookVerificationError",
+    "__version__",
+    "sign_webhook",
+    "verify_webhook",
+]
+
+# Tracebacks and reprs name the public path, not the private module.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("cobalt_async._"):
+        try:
+            _obj.__module__ = __name__
+        except (AttributeError, TypeError):
+            pass
+del _name, _obj

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import enum
+import os
+from types import TracebackType
+from typing import Self
+
+import httpx
+
+from ._config import DEFAULT_BASE_URL, DEFAULT_JOB_TIMEOUT, DEFAULT_POLL_POLICY, PollPolicy
+from ._errors import ClientClosedError, ConfigurationError
+from ._http import Credentials, Requester, RetryPolicy
+from ._resources import Jobs, Tasks, WebhookEvents
+from .sinks import InMemorySink, Sink
+
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=50)
+
+_ENV = {
+    "client_id": "COBALT_CLIENT_ID",
+    "client_secret": "COBALT_CLIENT_SECRET",
+    "access_token": "COBALT_ACCESS_TOKEN",
+}
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class CobaltClient:
+    """
+    The entry point: submit tasks and notes to Cobalt and await their outcomes.
+
+    Credentials not passed are read from ``COBALT_CLIENT_ID``, ``COBALT_CLIENT_SECRET`` and
+    ``COBALT_ACCESS_TOKEN``; the base URL from ``COBALT_BASE_URL``. With a *sink* (the one
+    your ``WebhookReceiver`` publishes to) handles resolve from webhooks and poll Cobalt only
+    as a backstop; without one they resolve by polling ``GET /v1/webhook-events``.
+
+    Use it as ``async with CobaltClient(...) as client:`` or call :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        access_token: str | None = None,
+        base_url: str | None = None,
+        sink: Sink | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        max_retries: int = 2,
+        poll: PollPolicy = DEFAULT_POLL_POLICY,
+        job_timeout: float | None = DEFAULT_JOB_TIMEOUT,
+    ) -> None:
+        """
+        Args:
+            sink: Where webhook outcomes arrive; ``None`` resolves handles by polling.
+            transport: An httpx transport, e.g. ``FakeCobalt().transport`` in tests.
+            http_client: An httpx client to use; it stays yours to close.
+            timeout: Per-request timeout of the client this builds.
+            max_retries: Retries of requests that provably failed before reaching Cobalt
+                (and of GETs). A create is never retried once it may have reached Cobalt.
+            poll: When handles poll ``GET /v1/webhook-events``.
+            job_timeout: Default seconds ``await handle`` waits; ``None`` waits forever.
+        """
+        if transport is not None and http_client is not None:
+            msg = "pass either transport= or http_client=, not both"
+            raise ConfigurationError(msg)
+        credentials = _credentials(client_id, client_secret, access_token)
+        self.base_url = (base_url or os.environ.get("COBALT_BASE_URL") or DEFAULT_BASE_URL).rstrip(
+            "/"
+        )
+        self._owns_http = http_client is None
+        http = http_client or httpx.AsyncClient(
+            transport=transport, timeout=timeout, limits=DEFAULT_LIMITS
+        )
+        self._requester = Requester(
+            http,
+            base_url=self.base_url,
+            credentials=credentials,
+            retry=RetryPolicy(max_retries=max_retries),
+        )
+        self.sink = sink if sink is not None else InMemorySink()
+        self.webhook_events = WebhookEvents(self._requester)
+        self.jobs = Jobs(
+            self._requester,
+            self.webhook_events,
+            sink=self.sink,
+            webhooks_expected=sink is not None,
+            poll=poll,
+            job_timeout=job_timeout,
+        )
+        self.tasks = Tasks(self._requester, self.jobs)
+        self._state = _State.OPEN
+
+    def __repr__(self) -> str:
+        return f"<CobaltClient base_url={self.base_url!r} {self._state.value}>"
+
+    async def __aenter__(self) -> Self:
+        if self._state is _State.CLOSED:
+            msg = "a closed CobaltClient cannot be reopened; create a new one"
+            raise ClientClosedError(msg)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client this client built. Handles keep their known outcomes."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        self._requester.closed = True
+        if self._owns_http:
+            await self._requester.http.aclose()
+
+
+def _credentials(
+    client_id: str | None, client_secret: str | None, access_token: str | None
+) -> Credentials:
+    given = {"client_id": client_id, "client_secret": client_secret, "access_token": access_token}
+    values = {name: value or os.environ.get(_ENV[name], "") for name, value in given.items()}
+    missing = [name for name, value in values.items() if not value.strip()]
+    if missing:
+        hints = ", ".join(f"{name}= (or {_ENV[name]})" for name in missing)
+        msg = f"missing Cobalt credentials: pass {hints}"
+        raise ConfigurationError(msg)
+    return Credentials(**values)

@@ -1,0 +1,206 @@
+"""
+The correlation core: one slot per awaited job_id, resolved from a sink's store.
+
+The protocol (reference/correlation.md §6) is written once, here, for every sink:
+
+1. wait until the sink's wake-up channel is armed (its position pinned);
+2. register the slot, then read the store: an outcome that arrived before the wait, even
+   before the POST response, is found by this read, and one that arrives after it wakes
+   the slot, so nothing falls in between;
+3. sleep until woken; wake-ups are hints, the store is the truth;
+4. when a backstop is given, poll Cobalt after a silence and once before giving up;
+5. in ``finally`` drop the slot when its last waiter leaves, whatever happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
+
+import anyio
+
+from ._config import PollPolicy
+from ._errors import APIError, JobTimeoutError, SinkUnavailableError
+from .models import JobEvent
+
+if TYPE_CHECKING:
+    from .sinks import Sink
+
+logger = logging.getLogger("cobalt_async.correlation")
+
+
+class Outcome(NamedTuple):
+    """A job's terminal event and how it was learnt: ``"webhook"`` or ``"poll"``."""
+
+    event: JobEvent
+    via: str
+
+
+Backstop: TypeAlias = Callable[[str], Awaitable[JobEvent | None]]
+"""Asks Cobalt for a job's terminal event (``GET /v1/webhook-events?job_id=``)."""
+
+
+class _Slot:
+    """The shared wait state of one job_id in this process. Strictly private."""
+
+    __slots__ = ("delay", "next_poll", "outcome", "polling", "ready", "waiters")
+
+    def __init__(self) -> None:
+        self.ready = anyio.Event()
+        self.outcome: Outcome | None = None
+        self.waiters = 0
+        self.polling = False
+        self.next_poll = math.inf
+        self.delay = 0.0
+
+    def settle(self, outcome: Outcome) -> None:
+        if self.outcome is None:
+            self.outcome = outcome
+            self.ready.set()
+
+
+class Correlator:
+    """Slots of the jobs awaited in this process, fed by one sink. Strictly private."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+        self._slots: dict[str, _Slot] = {}
+        self.backstop_polls = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._slots)
+
+    def pending_ids(self) -> list[str]:
+        return list(self._slots)
+
+    def is_awaited(self, job_id: str) -> bool:
+        return job_id in self._slots
+
+    def resolve(self, job_id: str, outcome: Outcome) -> None:
+        """Settle the slot of *job_id*, if this process awaits it. Idempotent."""
+        slot = self._slots.get(job_id)
+        if slot is not None:
+            slot.settle(outcome)
+
+    def resolve_many(self, outcomes: dict[str, Outcome]) -> None:
+        for job_id, outcome in outcomes.items():
+            self.resolve(job_id, outcome)
+
+    async def recheck(self, job_ids: Iterable[str] | None = None) -> None:
+        """Re-read the store for *job_ids* (default: all pending) and settle what is found."""
+        wanted = [job_id for job_id in (job_ids or self.pending_ids()) if job_id in self._slots]
+        if wanted:
+            self.resolve_many(await self._sink.get_outcomes(wanted))
+
+    async def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None,
+        backstop: Backstop | None,
+        policy: PollPolicy,
+        webhooks_expected: bool,
+    ) -> Outcome:
+        """
+        Wait for the outcome of *job_id*.
+
+        Raises:
+            JobTimeoutError: No outcome within *timeout* seconds; the slot is released and
+                the outcome stays retrievable by a later wait.
+        """
+        await self._sink.armed()
+        slot = self._register(job_id, backstop, policy, webhooks_expected)
+        try:
+            if slot.outcome is None:
+                await self._read_store(job_id)
+            deadline = math.inf if timeout is None else anyio.current_time() + timeout
+            while slot.outcome is None:
+                await self._sleep(slot, min(deadline, self._next_look(slot, backstop)))
+                if slot.outcome is not None:
+                    break
+                now = anyio.current_time()
+                final = now >= deadline
+                due = not slot.polling and now >= slot.next_poll
+                if backstop is not None and (final or due):
+                    await self._poll(job_id, slot, backstop, policy, webhooks_expected)
+                if final and slot.outcome is None:
+                    raise JobTimeoutError(job_id, timeout or 0.0)
+            return slot.outcome
+        finally:
+            self._release(job_id, slot)
+
+    def _register(
+        self, job_id: str, backstop: Backstop | None, policy: PollPolicy, webhooks_expected: bool
+    ) -> _Slot:
+        # No await between the lookup and the insert: this is what makes the
+        # register-then-read protocol race-free on one event loop.
+        slot = self._slots.get(job_id)
+        if slot is None:
+            slot = self._slots[job_id] = _Slot()
+        slot.waiters += 1
+        if backstop is not None and slot.next_poll == math.inf:
+            slot.delay = policy.first_delay(webhooks_expected=webhooks_expected)
+            slot.next_poll = anyio.current_time() + slot.delay
+        return slot
+
+    def _release(self, job_id: str, slot: _Slot) -> None:
+        slot.waiters -= 1
+        if slot.waiters == 0 and self._slots.get(job_id) is slot:
+            del self._slots[job_id]
+
+    @staticmethod
+    def _next_look(slot: _Slot, backstop: Backstop | None) -> float:
+        if backstop is None:
+            return math.inf
+        if slot.polling:
+            # Another waiter of this slot is polling: look again after one more period
+            # rather than spinning, in case that waiter is cancelled mid-poll.
+            return anyio.current_time() + slot.delay
+        return slot.next_poll
+
+    async def _read_store(self, job_id: str) -> None:
+        try:
+            await self.recheck([job_id])
+        except SinkUnavailableError as exc:
+            # The sink will be re-read on reconnect, and the backstop still polls Cobalt.
+            logger.warning("store read for job %s failed, waiting on: %s", job_id, exc)
+
+    @staticmethod
+    async def _sleep(slot: _Slot, until: float) -> None:
+        with anyio.move_on_after(max(0.0, until - anyio.current_time())):
+            await slot.ready.wait()
+
+    async def _poll(
+        self,
+        job_id: str,
+        slot: _Slot,
+        backstop: Backstop,
+        policy: PollPolicy,
+        webhooks_expected: bool,
+    ) -> None:
+        slot.polling = True
+        self.backstop_polls += 1
+        try:
+            event = await backstop(job_id)
+        except APIError as exc:
+            logger.warning("backstop poll for job %s failed: %s", job_id, exc)
+            event = None
+        finally:
+            slot.polling = False
+            slot.delay = policy.next_delay(slot.delay, webhooks_expected=webhooks_expected)
+            slot.next_poll = anyio.current_time() + slot.delay
+        if event is not None and slot.outcome is None:
+            await self._keep_polled(job_id, slot, event)
+
+    async def _keep_polled(self, job_id: str, slot: _Slot, event: JobEvent) -> None:
+        # Through the sink, so that dedup applies and other processes learn it too;
+        # then read back what the store kept, since the first terminal event wins.
+        try:
+            await self._sink.publish(event, via="poll")
+            await self.recheck([job_id])
+        except SinkUnavailableError as exc:
+            logger.warning("polled outcome of job %s not stored: %s", job_id, exc)
+            slot.settle(Outcome(event, "poll"))

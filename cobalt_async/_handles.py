@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import enum
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar, cast
+
+from ._config import NOT_GIVEN, NotGiven
+from ._errors import JobFailedError
+from .models import JobEvent, TaskCreatedEvent, TaskNoteCreatedEvent
+from .models._events import FAILURE_TYPES
+
+if TYPE_CHECKING:
+    from ._correlation import Outcome
+    from ._resources import Jobs
+
+JobKind: TypeAlias = Literal["task", "task_note"]
+E = TypeVar("E", TaskCreatedEvent, TaskNoteCreatedEvent)
+
+
+class JobStatus(enum.Enum):
+    """What a handle knows about its job."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class JobHandle(Generic[E]):
+    """
+    An accepted Cobalt job whose outcome arrives later.
+
+    ``await handle`` returns the success event or raises :class:`JobFailedError`;
+    ``await handle.wait(timeout=...)`` bounds the wait. Any number of coroutines may await
+    one handle; they share one outcome, and cancelling one never disturbs the others.
+    A handle is rebuilt from its job_id alone with ``client.jobs.attach()``.
+    """
+
+    __slots__ = ("_jobs", "_outcome", "job_id", "kind", "task_id", "task_note_id")
+
+    def __init__(
+        self,
+        jobs: Jobs,
+        job_id: str,
+        kind: JobKind,
+        *,
+        task_id: str | None = None,
+        task_note_id: str | None = None,
+    ) -> None:
+        self._jobs = jobs
+        self._outcome: Outcome | None = None
+        self.job_id = job_id
+        self.kind: JobKind = kind
+        self.task_id = task_id
+        self.task_note_id = task_note_id
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.kind} {self.status.value} job_id={self.job_id!r}>"
+
+    def __await__(self) -> Generator[Any, None, E]:
+        return self.wait().__await__()
+
+    @property
+    def status(self) -> JobStatus:
+        if self._outcome is None:
+            return JobStatus.PENDING
+        failed = self._outcome.event.type in FAILURE_TYPES
+        return JobStatus.FAILED if failed else JobStatus.SUCCEEDED
+
+    @property
+    def event(self) -> JobEvent | None:
+        """The terminal event once known (success or failure), else ``None``."""
+        return None if self._outcome is None else self._outcome.event
+
+    @property
+    def resolved_via(self) -> str | None:
+        """``"webhook"`` or ``"poll"``: how the outcome was learnt, once known."""
+        return None if self._outcome is None else self._outcome.via
+
+    def done(self) -> bool:
+        """Whether this handle already knows its job's outcome."""
+        return self._outcome is not None
+
+    async def wait(self, timeout: float | None | NotGiven = NOT_GIVEN) -> E:
+        """
+        Wait for the job's outcome.
+
+        Args:
+            timeout: Seconds to wait; ``None`` waits for as long as it takes. Defaults to
+                the client's ``job_timeout``.
+
+        Returns:
+            The success event (``TaskCreatedEvent`` or ``TaskNoteCreatedEvent``).
+
+        Raises:
+            JobFailedError: Cobalt reported the job as failed.
+            JobTimeoutError: No outcome in time. The job was not cancelled and may still
+                succeed: wait again, or attach to the job_id later. Do not resubmit.
+        """
+        if self._outcome is None:
+            self._outcome = await self._jobs.wait_for(self.job_id, timeout)
+        event = self._outcome.event
+        if event.type in FAILURE_TYPES:
+            raise JobFailedError(event)
+        return cast(E, event)

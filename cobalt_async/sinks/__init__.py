@@ -1,0 +1,40 @@
+"""
+Sinks store the outcomes of jobs and wake the waiters of this process.
+
+``InMemorySink`` serves one process. ``RedisSink`` (``pip install 'cobalt-async[redis]'``)
+shares outcomes between workers and pods and keeps a durable pending registry.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .._correlation import Outcome
+from ._base import PendingJob, PublishResult, Sink, SinkStats
+from ._memory import InMemorySink
+
+if TYPE_CHECKING:
+    from ._redis import RedisSink
+
+__all__ = [
+    "InMemorySink",
+    "Outcome",
+    "PendingJob",
+    "PublishResult",
+    "RedisSink",
+    "Sink",
+    "SinkStats",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # RedisSink needs the optional redis package: import it only when asked for.
+    if name == "RedisSink":
+        try:
+            from ._redis import RedisSink
+        except ImportError as exc:
+            msg = "RedisSink needs redis-py: pip install 'cobalt-async[redis]'"
+            raise ImportError(msg) from exc
+        return RedisSink
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

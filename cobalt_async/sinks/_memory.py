@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from .._correlation import Outcome
+from .._errors import ConfigurationError
+from ._base import Sink
+
+logger = logging.getLogger("cobalt_async.sinks")
+
+_MULTI_WORKER_HINT = (
+    "%d Cobalt outcome(s) expired in this process without anyone awaiting them. If the app "
+    "runs several workers or pods, the webhook lands on one process and the wait happens in "
+    "another: use a shared sink, cobalt_async.sinks.RedisSink(url)."
+)
+
+
+class _Stored:
+    __slots__ = ("claimed", "expires", "outcome")
+
+    def __init__(self, outcome: Outcome, expires: float, claimed: bool) -> None:
+        self.outcome = outcome
+        self.expires = expires
+        self.claimed = claimed
+
+
+class InMemorySink(Sink):
+    """
+    The sink for one process: outcomes and dedup ids in bounded, expiring dicts.
+
+    The outcome buffer is also the early-arrival buffer: an event that arrives before
+    anyone waits (even before the POST response) is kept until *outcome_ttl* expires or
+    *max_outcomes* pushes it out. It cannot serve several workers or pods: use ``RedisSink``.
+    """
+
+    def __init__(
+        self,
+        *,
+        outcome_ttl: float = 3600.0,
+        max_outcomes: int = 10_000,
+        dedup_ttl: float = 86_400.0,
+        max_dedup_ids: int = 100_000,
+    ) -> None:
+        if min(outcome_ttl, dedup_ttl) <= 0 or min(max_outcomes, max_dedup_ids) < 1:
+            msg = "InMemorySink TTLs must be positive and its bounds at least 1"
+            raise ConfigurationError(msg)
+        super().__init__()
+        self.outcome_ttl = outcome_ttl
+        self.max_outcomes = max_outcomes
+        self.dedup_ttl = dedup_ttl
+        self.max_dedup_ids = max_dedup_ids
+        self._outcomes: OrderedDict[str, _Stored] = OrderedDict()
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._evicted = 0
+        self._unclaimed_count = 0
+        self._warned = False
+
+    def __repr__(self) -> str:
+        return f"<InMemorySink buffered={len(self._outcomes)} pending={self._correlator.pending}>"
+
+    async def get_outcomes(self, job_ids: Sequence[str]) -> dict[str, Outcome]:
+        self._purge()
+        found = {}
+        for job_id in job_ids:
+            stored = self._outcomes.get(job_id)
+            if stored is not None:
+                stored.claimed = True
+                found[job_id] = stored.outcome
+        return found
+
+    async def _put_if_absent(self, job_id: str, outcome: Outcome) -> Outcome | None:
+        now = self._purge()
+        stored = self._outcomes.get(job_id)
+        if stored is not None:
+            return stored.outcome
+        awaited = self._correlator.is_awaited(job_id)
+        self._outcomes[job_id] = _Stored(outcome, now + self.outcome_ttl, awaited)
+        self._purge()
+        return None
+
+    async def _first_seen(self, key: str) -> bool:
+        now = self._purge()
+        if key in self._seen:
+            return False
+        self._seen[key] = now + self.dedup_ttl
+        self._purge()
+        return True
+
+    def _store_stats(self) -> tuple[int, int, int]:
+        self._purge()
+        return len(self._outcomes), self._evicted, 0
+
+    def _unclaimed(self) -> int:
+        return self._unclaimed_count
+
+    def _purge(self) -> float:
+        # Both dicts are in expiry order (one TTL each), so expiry pops from the front.
+        now = time.monotonic()
+        outcomes, seen = self._outcomes, self._seen
+        while outcomes and (
+            len(outcomes) > self.max_outcomes or next(iter(outcomes.values())).expires <= now
+        ):
+            _, stored = outcomes.popitem(last=False)
+            self._evicted += 1
+            if not stored.claimed:
+                self._note_unclaimed()
+        while seen and (len(seen) > self.max_dedup_ids or next(iter(seen.values())) <= now):
+            seen.popitem(last=False)
+            self._evicted += 1
+        return now
+
+    def _note_unclaimed(self) -> None:
+        self._unclaimed_count += 1
+        if not self._warned:
+            self._warned = True
+            logger.warning(_MULTI_WORKER_HINT, self._unclaimed_count)
