@@ -95,6 +95,7 @@ class CobaltClient:
         )
         self.tasks = Tasks(self._requester, self.jobs)
         self._state = _State.OPEN
+        self._sink_entered = False
 
     def __repr__(self) -> str:
         return f"<CobaltClient base_url={self.base_url!r} {self._state.value}>"
@@ -103,6 +104,9 @@ class CobaltClient:
         if self._state is _State.CLOSED:
             msg = "a closed CobaltClient cannot be reopened; create a new one"
             raise ClientClosedError(msg)
+        # A sink with a listener (RedisSink) runs it for as long as the client is open.
+        await self.sink.__aenter__()
+        self._sink_entered = True
         return self
 
     async def __aexit__(
@@ -111,7 +115,12 @@ class CobaltClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        try:
+            await self.aclose()
+        finally:
+            if self._sink_entered:
+                self._sink_entered = False
+                await self.sink.__aexit__(exc_type, exc, tb)
 
     async def aclose(self) -> None:
         """Close the HTTP client this client built. Handles keep their known outcomes."""

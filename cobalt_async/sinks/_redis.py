@@ -1,0 +1,286 @@
+"""
+RedisSink: outcomes shared by every worker and pod, through one Redis.
+
+Data model (every key of a namespace shares one hash tag, so scripts work on Cluster):
+
+- ``{cobalt:NS}:out:<job_id>``  the first terminal event, ``SET NX EX outcome_ttl``;
+- ``{cobalt:NS}:events``        a Stream of ``{job: <job_id>}`` wake-up hints;
+- ``{cobalt:NS}:seen:<id>``     dedup ids of non-terminal deliveries, ``SET NX EX``;
+- ``{cobalt:NS}:pending`` (hash) and ``:pending:exp`` (zset)  the durable pending registry.
+
+The result key and its Stream entry are written by one Lua script, so a waiter that misses
+the entry finds the key, and one that misses the key gets the entry (correlation.md §6.4).
+Each process runs one listener, ``XREAD BLOCK`` from a cursor pinned before any wait
+registers; after a reconnect, and periodically, it re-reads every pending job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import redis.asyncio as redis
+from anyio.abc import TaskGroup, TaskStatus
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from .._correlation import Outcome
+from .._errors import ConfigurationError, SinkUnavailableError
+from ..models import JobEvent, parse_event
+from ._base import PendingJob, Sink
+
+logger = logging.getLogger("cobalt_async.sinks.redis")
+
+# Store the outcome and announce it, atomically; else return what is stored already.
+_PUBLISH = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'job', ARGV[4])
+  return false
+end
+return redis.call('GET', KEYS[1])
+"""
+
+
+class RedisSink(Sink):
+    """
+    A sink shared across processes through Redis (asyncio only, as redis-py is).
+
+    Open it with ``async with RedisSink(url) as sink:`` or let ``async with CobaltClient(
+    sink=sink)`` open it: waits need its listener running. ``WebhookReceiver`` can publish
+    to it without opening it. Outcomes are as durable as the Redis persistence configured.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        namespace: str = "cobalt",
+        outcome_ttl: float = 86_400.0,
+        dedup_ttl: float = 86_400.0,
+        stream_maxlen: int = 100_000,
+        block_ms: int = 5_000,
+        recheck_interval: float = 30.0,
+        command_timeout: float = 1.0,
+    ) -> None:
+        if min(outcome_ttl, dedup_ttl, recheck_interval, command_timeout) <= 0:
+            msg = "RedisSink TTLs, recheck_interval and command_timeout must be positive"
+            raise ConfigurationError(msg)
+        super().__init__()
+        self.url = url
+        self.namespace = namespace
+        self.outcome_ttl = math.ceil(outcome_ttl)
+        self.dedup_ttl = math.ceil(dedup_ttl)
+        self.stream_maxlen = stream_maxlen
+        self.block_ms = block_ms
+        self.recheck_interval = recheck_interval
+        self._prefix = f"{{cobalt:{namespace}}}"
+        self._stream = f"{self._prefix}:events"
+        self._pending_key = f"{self._prefix}:pending"
+        self._expiry_key = f"{self._prefix}:pending:exp"
+        # Commands fail fast, so that a receiver can answer 503 within Cobalt's window.
+        self._redis = redis.Redis.from_url(
+            url,
+            socket_timeout=command_timeout,
+            socket_connect_timeout=command_timeout,
+            retry=Retry(ExponentialWithJitterBackoff(cap=0.2, base=0.02), 2),
+        )
+        self._publish_script = self._redis.register_script(_PUBLISH)
+        self._users = 0
+        self._task_group: TaskGroup | None = None
+        self._armed = anyio.Event()
+        self._reconnects = 0
+
+    def __repr__(self) -> str:
+        return f"<RedisSink namespace={self.namespace!r} pending={self._correlator.pending}>"
+
+    def _out_key(self, job_id: str) -> str:
+        return f"{self._prefix}:out:{job_id}"
+
+    # Store.
+
+    async def get_outcomes(self, job_ids: Sequence[str]) -> dict[str, Outcome]:
+        if not job_ids:
+            return {}
+        values = await self._call(self._redis.mget, [self._out_key(job_id) for job_id in job_ids])
+        return {
+            job_id: _decode(value) for job_id, value in zip(job_ids, values, strict=True) if value
+        }
+
+    async def _put_if_absent(self, job_id: str, outcome: Outcome) -> Outcome | None:
+        keys = [self._out_key(job_id), self._stream]
+        args = [_encode(outcome), self.outcome_ttl, self.stream_maxlen, job_id]
+        existing = await self._call(self._publish_script, keys=keys, args=args)
+        return None if existing is None else _decode(existing)
+
+    async def _first_seen(self, key: str) -> bool:
+        seen_key = f"{self._prefix}:seen:{key}"
+        return bool(await self._call(self._redis.set, seen_key, b"1", nx=True, ex=self.dedup_ttl))
+
+    def _store_stats(self) -> tuple[int, int, int]:
+        return 0, 0, self._reconnects
+
+    @staticmethod
+    async def _call(command: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await command(*args, **kwargs)
+        except (RedisError, OSError) as exc:
+            msg = f"Redis is unreachable ({type(exc).__name__})"
+            raise SinkUnavailableError(msg) from exc
+
+    # Pending registry.
+
+    async def add_pending(self, job: PendingJob) -> None:
+        entry = json.dumps(
+            {"kind": job.kind, "submitted_at": job.submitted_at, "deadline": job.deadline}
+        )
+        forget_at = job.submitted_at + self.outcome_ttl
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._pending_key, job.job_id, entry)
+            pipe.zadd(self._expiry_key, {job.job_id: forget_at})
+            await self._call(pipe.execute)
+
+    async def remove_pending(self, job_id: str) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self._pending_key, job_id)
+            pipe.zrem(self._expiry_key, job_id)
+            await self._call(pipe.execute)
+
+    async def list_pending(self) -> list[PendingJob]:
+        await self._forget_expired()
+        entries = await self._call(self._redis.hgetall, self._pending_key)
+        jobs = [_pending_job(job_id.decode(), raw) for job_id, raw in entries.items()]
+        return sorted(jobs, key=lambda job: job.submitted_at)
+
+    async def _forget_expired(self) -> None:
+        expired = await self._call(self._redis.zrangebyscore, self._expiry_key, "-inf", time.time())
+        if expired:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(self._pending_key, *expired)
+                pipe.zrem(self._expiry_key, *expired)
+                await self._call(pipe.execute)
+
+    # Wake-ups: one listener per process.
+
+    async def armed(self) -> None:
+        if self._task_group is None:
+            msg = (
+                "RedisSink is not open: use `async with sink:` or "
+                "`async with CobaltClient(sink=sink)` before awaiting handles"
+            )
+            raise ConfigurationError(msg)
+        await self._armed.wait()
+
+    async def __aenter__(self) -> Self:
+        self._users += 1
+        if self._users == 1:
+            self._task_group = anyio.create_task_group()
+            await self._task_group.__aenter__()
+            self._task_group.start_soon(self._listen)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._users -= 1
+        if self._users > 0 or self._task_group is None:
+            return
+        task_group, self._task_group = self._task_group, None
+        task_group.cancel_scope.cancel()
+        await task_group.__aexit__(None, None, None)
+        self._armed = anyio.Event()
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close Redis connections (the listener stops when the last user leaves)."""
+        if self._task_group is None:
+            await self._redis.aclose()
+
+    async def _listen(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        listener = redis.Redis.from_url(
+            self.url,
+            socket_timeout=self.block_ms / 1000 + 5,
+            socket_connect_timeout=2.0,
+            # Our own reconnect loop must see every disconnect to re-read what it missed.
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            await self._listen_forever(listener)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+
+    async def _listen_forever(self, listener: redis.Redis) -> None:
+        cursor = await self._pin_cursor(listener)
+        self._armed.set()
+        next_recheck = anyio.current_time() + self.recheck_interval
+        failures = 0
+        while True:
+            try:
+                if failures:
+                    # Reconnected: whatever was published meanwhile is in the store.
+                    await listener.ping()
+                    await self._correlator.recheck()
+                    failures = 0
+                cursor = await self._read(listener, cursor)
+                if anyio.current_time() >= next_recheck:
+                    next_recheck = anyio.current_time() + self.recheck_interval
+                    await self._correlator.recheck()
+            except (RedisError, OSError, SinkUnavailableError) as exc:
+                failures += 1
+                self._reconnects += 1
+                logger.warning("Redis listener disconnected (%s), reconnecting", type(exc).__name__)
+                await anyio.sleep(random.uniform(0, min(2.0, 0.05 * 2**failures)))
+
+    async def _pin_cursor(self, listener: redis.Redis) -> bytes:
+        # Everything after this id will be read: pinning it before any wait registers is
+        # what makes "register, then read the store" gap-free (never use "$" later).
+        failures = 0
+        while True:
+            try:
+                last: Any = await listener.xrevrange(self._stream, "+", "-", count=1)
+                return bytes(last[0][0]) if last else b"0-0"
+            except (RedisError, OSError) as exc:
+                failures += 1
+                self._reconnects += 1
+                logger.warning("Redis unreachable at listener start (%s)", type(exc).__name__)
+                await anyio.sleep(random.uniform(0, min(2.0, 0.05 * 2**failures)))
+
+    async def _read(self, listener: redis.Redis, cursor: bytes) -> bytes:
+        reply: Any = await listener.xread({self._stream: cursor}, count=500, block=self.block_ms)
+        woken: list[str] = []
+        for _stream, entries in reply or ():
+            for entry_id, fields in entries:
+                cursor = entry_id
+                job_id = fields.get(b"job", b"").decode()
+                if self._correlator.is_awaited(job_id):
+                    woken.append(job_id)
+        if woken:
+            await self._correlator.recheck(woken)
+        return cursor
+
+
+def _encode(outcome: Outcome) -> bytes:
+    event = outcome.event.model_dump_json().encode()
+    return b'{"via":"%s","event":%s}' % (outcome.via.encode(), event)
+
+
+def _decode(value: bytes) -> Outcome:
+    stored = json.loads(value)
+    event: JobEvent = parse_event(stored["event"])  # type: ignore[assignment]
+    return Outcome(event, stored.get("via", "webhook"))
+
+
+def _pending_job(job_id: str, raw: bytes) -> PendingJob:
+    entry = json.loads(raw)
+    return PendingJob(job_id, entry["kind"], entry["submitted_at"], entry.get("deadline"))
