@@ -1,5 +1,6 @@
 """Async Python SDK for Cobalt's EHR task API: submit tasks and notes, await their outcome."""
 
+from ._batch import BatchProgress, Completed, WaitResult, as_completed, wait_all
 from ._client import CobaltClient
 from ._config import NOT_GIVEN, PollPolicy
 from ._errors import (
@@ -40,11 +41,13 @@ __all__ = [
     "APIError",
     "APIStatusError",
     "BadRequestError",
+    "BatchProgress",
     "ClientClosedError",
     "CobaltClient",
     "CobaltConnectionError",
     "CobaltError",
     "CobaltTimeoutError",
+    "Completed",
     "ConfigurationError",
     "Event",
     "InMemorySink",
@@ -69,11 +72,14 @@ __all__ = [
     "TaskNoteCreatedEvent",
     "TaskNoteFailedEvent",
     "UnknownEvent",
+    "WaitResult",
     "WebhookReceiver",
     "WebhookVerificationError",
     "__version__",
+    "as_completed",
     "sign_webhook",
     "verify_webhook",
+    "wait_all",
 ]
 
 # Tracebacks and reprs name the public path, not the private module.

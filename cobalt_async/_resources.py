@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, overload
 
 from pydantic import BaseModel, ValidationError
 
+from ._batch import DEFAULT_CONCURRENCY, ProgressCallback, submit_many
 from ._config import NotGiven, PollPolicy
-from ._errors import APIError, ClientClosedError, SinkUnavailableError
+from ._errors import APIError, ClientClosedError, CobaltError, SinkUnavailableError
 from ._handles import JobHandle, JobKind
 from .models import (
     Event,
@@ -205,6 +207,22 @@ class TaskNotes:
         await self._jobs.track(handle)
         return handle
 
+    async def create_many(
+        self,
+        items: Iterable[TaskNoteCreateParams | TaskNoteCreateRequest],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        on_progress: ProgressCallback | None = None,
+    ) -> list[JobHandle[TaskNoteCreatedEvent] | CobaltError]:
+        """Submit many notes; see :meth:`Tasks.create_many`."""
+        return await submit_many(
+            items,
+            build=lambda item: build_request(TaskNoteCreateRequest, item),
+            submit=self.submit,
+            concurrency=concurrency,
+            on_progress=on_progress,
+        )
+
 
 class Tasks:
     """``POST /v1/tasks``: create tasks in the EHR; ``notes`` appends notes to them."""
@@ -240,6 +258,30 @@ class Tasks:
         await self._jobs.track(handle)
         return handle
 
+
+    async def create_many(
+        self,
+        items: Iterable[TaskCreateParams | TaskCreateRequest],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        on_progress: ProgressCallback | None = None,
+    ) -> list[JobHandle[TaskCreatedEvent] | CobaltError]:
+        """
+        Submit many tasks with at most *concurrency* requests in flight.
+
+        Returns one outcome per item, in input order: its handle, or the error that kept it
+        from being accepted (a ``RequestValidationError``, a 400, a 404...). One bad item
+        never stops the others. A 429 slows the whole batch down (honouring
+        ``Retry-After``) and resubmits only what Cobalt refused; nothing that may have
+        reached Cobalt is sent twice. *on_progress* gets a ``BatchProgress`` after each item.
+        """
+        return await submit_many(
+            items,
+            build=lambda item: build_request(TaskCreateRequest, item),
+            submit=self.submit,
+            concurrency=concurrency,
+            on_progress=on_progress,
+        )
 
 def _body(request: BaseModel) -> bytes:
     return request.model_dump_json(exclude_none=True).encode()

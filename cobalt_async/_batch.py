@@ -1,0 +1,238 @@
+"""Batches: bounded-concurrency submission, and waiting for many handles at once."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._errors import CobaltError, JobFailedError, JobTimeoutError, RateLimitError
+from ._handles import JobHandle
+
+R = TypeVar("R")
+H = TypeVar("H", bound=JobHandle[Any])
+
+DEFAULT_CONCURRENCY = 32
+MAX_RATE_LIMIT_RETRIES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProgress:
+    """Where a batch submission stands; passed to ``on_progress`` after every item."""
+
+    total: int
+    submitted: int
+    """Items Cobalt accepted (each has a handle)."""
+    rejected: int
+    """Items refused locally or by Cobalt, or whose submission failed."""
+    rate_limited: int
+    """429 answers so far; the batch slowed down and resubmitted those items."""
+
+    @property
+    def done(self) -> int:
+        return self.submitted + self.rejected
+
+
+ProgressCallback = Callable[[BatchProgress], None]
+
+
+class _Throttle:
+    """Shared by a batch's workers: pauses them all on a 429 and halves concurrency."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.limiter = anyio.CapacityLimiter(concurrency)
+        self.ceiling = concurrency
+        self.resume_at = 0.0
+        self.rate_limited = 0
+
+    async def wait_turn(self) -> None:
+        delay = self.resume_at - anyio.current_time()
+        if delay > 0:
+            await anyio.sleep(delay)
+
+    def on_rate_limit(self, error: RateLimitError, attempt: int) -> None:
+        self.rate_limited += 1
+        pause = error.retry_after
+        if pause is None:
+            pause = random.uniform(0.5, 1.0) * min(30.0, 2**attempt)
+        self.resume_at = max(self.resume_at, anyio.current_time() + pause)
+        self.limiter.total_tokens = max(1, math.ceil(self.limiter.total_tokens / 2))
+
+    def on_success(self) -> None:
+        # Additive increase back towards the requested concurrency.
+        if self.limiter.total_tokens < self.ceiling:
+            self.limiter.total_tokens += 1
+
+
+@dataclass(slots=True)
+class _Batch(Generic[R, H]):
+    build: Callable[[Any], R]
+    submit: Callable[[R], Awaitable[H]]
+    total: int
+    throttle: _Throttle
+    on_progress: ProgressCallback | None
+    results: list[H | CobaltError | None] = field(default_factory=list)
+    submitted: int = 0
+    rejected: int = 0
+
+    async def run_one(self, index: int, item: Any) -> None:
+        outcome = await self._submit_one(item)
+        self.results[index] = outcome
+        if isinstance(outcome, CobaltError):
+            self.rejected += 1
+        else:
+            self.submitted += 1
+        if self.on_progress is not None:
+            self.on_progress(
+                BatchProgress(self.total, self.submitted, self.rejected, self.throttle.rate_limited)
+            )
+
+    async def _submit_one(self, item: Any) -> H | CobaltError:
+        try:
+            request = self.build(item)
+        except CobaltError as exc:
+            return exc
+        for attempt in range(MAX_RATE_LIMIT_RETRIES + 1):
+            await self.throttle.wait_turn()
+            async with self.throttle.limiter:
+                try:
+                    handle = await self.submit(request)
+                except RateLimitError as exc:
+                    # A 429 means Cobalt did not take the request: resubmitting is safe.
+                    if attempt == MAX_RATE_LIMIT_RETRIES:
+                        return exc
+                    self.throttle.on_rate_limit(exc, attempt)
+                    continue
+                except CobaltError as exc:
+                    return exc
+            self.throttle.on_success()
+            return handle
+        raise AssertionError  # pragma: no cover
+
+
+async def submit_many(
+    items: Iterable[Any],
+    *,
+    build: Callable[[Any], R],
+    submit: Callable[[R], Awaitable[H]],
+    concurrency: int,
+    on_progress: ProgressCallback | None,
+) -> list[H | CobaltError]:
+    """Submit every item; one outcome per item, in input order: a handle or its error."""
+    if concurrency < 1:
+        msg = "concurrency must be at least 1"
+        raise ValueError(msg)
+    pending = list(enumerate(items))
+    batch: _Batch[R, H] = _Batch(build, submit, len(pending), _Throttle(concurrency), on_progress)
+    batch.results = [None] * len(pending)
+    queue = iter(pending)
+
+    async def worker() -> None:
+        for index, item in queue:
+            await batch.run_one(index, item)
+
+    async with anyio.create_task_group() as task_group:
+        for _ in range(min(concurrency, len(pending))):
+            task_group.start_soon(worker)
+    return [outcome for outcome in batch.results if outcome is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class WaitResult(Generic[H]):
+    """What :func:`wait_all` learnt before its deadline."""
+
+    succeeded: list[H]
+    failed: list[H]
+    """Handles whose job failed; ``handle.event`` is the failure event."""
+    pending: list[H]
+    """Handles still without an outcome: their jobs may yet succeed. Do not resubmit."""
+
+    @property
+    def unknown_job_ids(self) -> list[str]:
+        return [handle.job_id for handle in self.pending]
+
+
+async def _settle(handle: JobHandle[Any], deadline: float) -> bool | None:
+    """Wait for *handle* until *deadline*: True succeeded, False failed, None unknown."""
+    timeout = None if deadline == math.inf else max(0.0, deadline - anyio.current_time())
+    try:
+        await handle.wait(timeout=timeout)
+    except JobFailedError:
+        return False
+    except JobTimeoutError:
+        return None
+    return True
+
+
+async def wait_all(handles: Sequence[H], *, timeout: float | None = None) -> WaitResult[H]:
+    """
+    Wait for every handle, with one overall deadline.
+
+    Never raises for a job's failure or a timeout: the result sorts the handles instead,
+    and ``unknown_job_ids`` names the jobs still without an outcome at the deadline.
+    """
+    deadline = math.inf if timeout is None else anyio.current_time() + timeout
+    settled: dict[int, bool | None] = {}
+
+    async def settle(index: int, handle: H) -> None:
+        settled[index] = await _settle(handle, deadline)
+
+    async with anyio.create_task_group() as task_group:
+        for index, handle in enumerate(handles):
+            task_group.start_soon(settle, index, handle)
+    by_state: dict[bool | None, list[H]] = {True: [], False: [], None: []}
+    for index, handle in enumerate(handles):
+        by_state[settled[index]].append(handle)
+    return WaitResult(by_state[True], by_state[False], by_state[None])
+
+
+class Completed(Generic[H]):
+    """Handles in the order they finish; ``pending`` lists those left at the deadline."""
+
+    def __init__(self, handles: Sequence[H], receive: MemoryObjectReceiveStream[H]) -> None:
+        self._handles = handles
+        self._receive = receive
+
+    def __aiter__(self) -> AsyncIterator[H]:
+        return aiter(self._receive)
+
+    @property
+    def pending(self) -> list[H]:
+        return [handle for handle in self._handles if not handle.done()]
+
+
+@asynccontextmanager
+async def as_completed(
+    handles: Sequence[H], *, timeout: float | None = None
+) -> AsyncIterator[Completed[H]]:
+    """
+    Yield handles as their jobs finish, successfully or not.
+
+    Use it as ``async with as_completed(handles) as finished: async for handle in
+    finished: ...``. Iteration ends when every handle finished or *timeout* passed;
+    ``finished.pending`` then names what is still unknown. Leaving the block early stops
+    the waits without losing any outcome.
+    """
+    deadline = math.inf if timeout is None else anyio.current_time() + timeout
+    send, receive = anyio.create_memory_object_stream[H](max_buffer_size=math.inf)
+
+    async def watch(sender: MemoryObjectSendStream[H], handle: H) -> None:
+        async with sender:
+            if await _settle(handle, deadline) is not None:
+                await sender.send(handle)
+
+    async with anyio.create_task_group() as task_group:
+        async with send:
+            for handle in handles:
+                task_group.start_soon(watch, send.clone(), handle)
+        try:
+            async with receive:
+                yield Completed(handles, receive)
+        finally:
+            task_group.cancel_scope.cancel()
