@@ -66,13 +66,13 @@ class _Verifier:
             raise ConfigurationError(msg)
         self._macs = [hmac.new(secret.encode(), digestmod=hashlib.sha256) for secret in secrets]
 
-    def _matches(self, body: bytes, signature: str) -> bool:
+    def _matches(self, body: bytes, signature: bytes) -> bool:
         found = False
         for mac in self._macs:
             candidate = mac.copy()
             candidate.update(body)
             # No early exit: the time taken does not tell which secret matched.
-            found |= hmac.compare_digest(candidate.hexdigest(), signature)
+            found |= hmac.compare_digest(candidate.hexdigest().encode(), signature)
         return found
 
     def verify(self, body: bytes, signature: str | None) -> Any:
@@ -85,14 +85,16 @@ class _Verifier:
         if not signature:
             msg = f"missing {SIGNATURE_HEADER} header: this request was not signed by Cobalt"
             raise WebhookVerificationError(msg)
-        signature = signature.strip().lower()
-        if self._matches(body, signature):
+        # As bytes: compare_digest refuses str with non-ASCII characters (TypeError), and a
+        # garbage header must be a plain mismatch (401), not a crash.
+        expected = signature.strip().lower().encode("utf-8", "backslashreplace")
+        if self._matches(body, expected):
             return _RAW
         try:
             parsed = json.loads(body)
         except ValueError:
             parsed = _RAW
-        if parsed is not _RAW and self._matches(compact_json(parsed), signature):
+        if parsed is not _RAW and self._matches(compact_json(parsed), expected):
             return parsed
         msg = f"{SIGNATURE_HEADER} does not match: wrong secret, or the body was altered"
         raise WebhookVerificationError(msg)
