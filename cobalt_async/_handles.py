@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar, cast
 
@@ -35,7 +36,16 @@ class JobHandle(Generic[E]):
     A handle is rebuilt from its job_id alone with ``client.jobs.attach()``.
     """
 
-    __slots__ = ("_jobs", "_outcome", "job_id", "kind", "task_id", "task_note_id")
+    __slots__ = (
+        "_jobs",
+        "_outcome",
+        "job_id",
+        "kind",
+        "resolved_at",
+        "submitted_at",
+        "task_id",
+        "task_note_id",
+    )
 
     def __init__(
         self,
@@ -45,6 +55,7 @@ class JobHandle(Generic[E]):
         *,
         task_id: str | None = None,
         task_note_id: str | None = None,
+        submitted_at: float | None = None,
     ) -> None:
         self._jobs = jobs
         self._outcome: Outcome | None = None
@@ -52,6 +63,10 @@ class JobHandle(Generic[E]):
         self.kind: JobKind = kind
         self.task_id = task_id
         self.task_note_id = task_note_id
+        self.submitted_at = submitted_at
+        """Unix time Cobalt accepted the job (``None`` for an attached handle)."""
+        self.resolved_at: float | None = None
+        """Unix time this handle learnt the outcome."""
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.kind} {self.status.value} job_id={self.job_id!r}>"
@@ -98,6 +113,7 @@ class JobHandle(Generic[E]):
         """
         if self._outcome is None:
             self._outcome = await self._jobs.wait_for(self.job_id, timeout)
+            self.resolved_at = time.time()
         event = self._outcome.event
         if event.type in FAILURE_TYPES:
             raise JobFailedError(event)

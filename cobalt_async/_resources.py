@@ -202,7 +202,11 @@ class TaskNotes:
         response = await self._requester.post("/tasks/notes", _body(request))
         created = _accepted(TaskNoteCreated, response.content, "POST", "/tasks/notes")
         handle: JobHandle[TaskNoteCreatedEvent] = JobHandle(
-            self._jobs, created.job_id, "task_note", task_note_id=created.task_note_id
+            self._jobs,
+            created.job_id,
+            "task_note",
+            task_note_id=created.task_note_id,
+            submitted_at=time.time(),
         )
         await self._jobs.track(handle)
         return handle
@@ -253,7 +257,7 @@ class Tasks:
         response = await self._requester.post("/tasks", _body(request))
         created = _accepted(TaskCreated, response.content, "POST", "/tasks")
         handle: JobHandle[TaskCreatedEvent] = JobHandle(
-            self._jobs, created.job_id, "task", task_id=created.task_id
+            self._jobs, created.job_id, "task", task_id=created.task_id, submitted_at=time.time()
         )
         await self._jobs.track(handle)
         return handle

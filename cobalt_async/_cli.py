@@ -1,0 +1,214 @@
+"""The command line: ``python -m cobalt_async demo | simulate | listen | verify``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from ._version import __version__
+
+_DEMO_EXAMPLES = """\
+examples:
+  python -m cobalt_async demo
+  python -m cobalt_async demo --tasks 1000 --concurrency 64 --json
+  python -m cobalt_async demo --duplicate-rate 0.1 --early-rate 0.1 --drop-rate 0.05 \\
+      --failure-rate 0.05 --http-error-rate 0.05
+"""
+_SIMULATE_EXAMPLES = """\
+examples:
+  python -m cobalt_async simulate --port 8001 \\
+      --webhook-url http://127.0.0.1:8000/webhooks/cobalt --secret whsec_test
+  then point your app at COBALT_BASE_URL=http://127.0.0.1:8001/v1 with
+  COBALT_CLIENT_ID=ci_test COBALT_CLIENT_SECRET=cs_test COBALT_ACCESS_TOKEN=at_test
+"""
+_LISTEN_EXAMPLES = """\
+examples:
+  python -m cobalt_async listen --port 8000 --secret whsec_test
+  python -m cobalt_async listen --port 8000 --secret OLD --secret NEW --path /hooks
+"""
+_VERIFY_EXAMPLES = """\
+examples:
+  python -m cobalt_async verify --secret whsec_test --signature 5f0c... --body-file body.json
+  cat body.json | python -m cobalt_async verify --secret whsec_test --signature 5f0c...
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error in one line, with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        msg = f"expected a probability between 0 and 1, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not 0.0 <= value <= 1.0:
+        msg = f"expected a probability between 0 and 1, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            msg = f"expected a positive number, got {text!r}"
+            raise argparse.ArgumentTypeError(msg) from None
+        if value <= 0:
+            msg = f"expected a positive number, got {text!r}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        msg = f"expected a TCP port (0-65535), got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _add_faults(parser: argparse.ArgumentParser) -> None:
+    faults = parser.add_argument_group("faults injected by the simulator")
+    faults.add_argument("--failure-rate", type=_rate, default=0.0, help="jobs that end in *.failed")
+    faults.add_argument("--duplicate-rate", type=_rate, default=0.0, help="webhooks sent twice")
+    faults.add_argument(
+        "--early-rate", type=_rate, default=0.0, help="webhooks sent before the POST response"
+    )
+    faults.add_argument(
+        "--drop-rate", type=_rate, default=0.0, help="webhooks never sent (polling recovers them)"
+    )
+    faults.add_argument(
+        "--http-error-rate",
+        type=_rate,
+        default=0.0,
+        help="first delivery attempts lost to an HTTP error (Cobalt retries once after 1 s)",
+    )
+    faults.add_argument(
+        "--latency",
+        type=_positive(float),
+        default=0.2,
+        help="mean seconds a job takes at Cobalt (uniform from half to 1.5x; default 0.2)",
+    )
+    faults.add_argument("--seed", type=int, default=None, help="make the faults reproducible")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="cobalt-async",
+        description="Cobalt task API tools: a demo, a simulator, a webhook listener, a verifier.",
+    )
+    parser.add_argument("--version", action="version", version=f"cobalt-async {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    raw = argparse.RawDescriptionHelpFormatter
+
+    demo = commands.add_parser(
+        "demo",
+        help="submit tasks and notes to a local simulator over real HTTP and await them all",
+        epilog=_DEMO_EXAMPLES,
+        formatter_class=raw,
+    )
+    demo.add_argument("--tasks", type=_positive(int), default=200, help="tasks to submit (200)")
+    demo.add_argument("--concurrency", type=_positive(int), default=32, help="requests in flight")
+    demo.add_argument("--timeout", type=_positive(float), default=120.0, help="overall deadline")
+    demo.add_argument(
+        "--poll-silence",
+        type=_positive(float),
+        default=3.0,
+        help="seconds without a webhook before a handle polls Cobalt (3)",
+    )
+    demo.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    _add_faults(demo)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="run the Cobalt simulator as a local server",
+        epilog=_SIMULATE_EXAMPLES,
+        formatter_class=raw,
+    )
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=_port, required=True)
+    simulate.add_argument("--webhook-url", help="where to POST signed webhooks")
+    simulate.add_argument("--secret", default="whsec_test", help="webhook signing secret")
+    simulate.add_argument("--client-id", default="ci_test")
+    simulate.add_argument("--client-secret", default="cs_test")
+    simulate.add_argument("--access-token", default="at_test")
+    simulate.add_argument(
+        "--job-id-type", choices=["int", "str", "mixed"], default="mixed", help="JSON type"
+    )
+    _add_faults(simulate)
+
+    listen = commands.add_parser(
+        "listen",
+        help="receive, verify and print webhooks",
+        epilog=_LISTEN_EXAMPLES,
+        formatter_class=raw,
+    )
+    listen.add_argument("--host", default="127.0.0.1")
+    listen.add_argument("--port", type=_port, required=True)
+    listen.add_argument(
+        "--secret", action="append", required=True, help="webhook secret (repeat to rotate)"
+    )
+    listen.add_argument("--path", default="/webhooks/cobalt", help="route (/webhooks/cobalt)")
+
+    verify = commands.add_parser(
+        "verify",
+        help="check a captured webhook body and signature",
+        epilog=_VERIFY_EXAMPLES,
+        formatter_class=raw,
+    )
+    verify.add_argument("--secret", action="append", required=True, help="repeat to try several")
+    verify.add_argument("--signature", required=True, help="the cobalt-verification header (hex)")
+    verify.add_argument("--body-file", help="the raw body; standard input when absent")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.command == "verify":
+        return _verify(args)
+    try:
+        from ._servers import run_command
+    except ImportError as exc:
+        print(
+            f"cobalt-async {args.command}: needs uvicorn and rich: "
+            f"pip install 'cobalt-async[cli]' ({exc.name} is missing)",
+            file=sys.stderr,
+        )
+        return 2
+    return run_command(args)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ._errors import WebhookVerificationError
+    from ._webhooks import SIGNATURE_HEADER, verify_webhook
+
+    try:
+        if args.body_file:
+            with open(args.body_file, "rb") as file:
+                body = file.read()
+        else:
+            body = sys.stdin.buffer.read()
+    except OSError as exc:
+        print(f"invalid: cannot read the body: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
+        event = verify_webhook(body, {SIGNATURE_HEADER: args.signature}, args.secret)
+    except WebhookVerificationError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return 1
+    print(f"valid: {event.type} job_id={event.job_id}")
+    return 0

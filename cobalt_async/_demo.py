@@ -1,0 +1,222 @@
+"""``python -m cobalt_async demo``: the SDK's main job, end to end over real loopback HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import anyio
+
+from ._batch import BatchProgress, as_completed
+from ._client import CobaltClient
+from ._config import PollPolicy
+from ._errors import CobaltError
+from ._handles import JobHandle, JobStatus
+from ._servers import fake_from_args, serve
+from ._webhooks import WebhookReceiver
+from .asgi import WebhookApp
+from .sinks import InMemorySink
+from .testing import FakeCobalt
+
+_SECRET = "whsec_demo"
+
+
+@dataclass
+class _Tally:
+    """Everything the summary reports, gathered as the demo runs."""
+
+    submitted: int = 0
+    rejected: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    failed_expected: int = 0
+    lost: list[str] = field(default_factory=list)
+    via: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+
+    def settle(self, handle: JobHandle[Any], expected_failures: set[str]) -> None:
+        if handle.status is JobStatus.SUCCEEDED:
+            self.succeeded += 1
+        else:
+            self.failed += 1
+            self.failed_expected += handle.job_id in expected_failures
+        self.via[handle.resolved_via or "unknown"] += 1
+        if handle.submitted_at is not None and handle.resolved_at is not None:
+            self.latencies.append(handle.resolved_at - handle.submitted_at)
+
+
+class _Progress:
+    """A rich progress bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, total: int, out: TextIO, *, rich: bool) -> None:
+        self.total = total
+        self.out = out
+        self.done = 0
+        self._step = max(1, total // 10)
+        self._bar: Any = None
+        if rich:
+            from rich.progress import Progress
+
+            self._bar = Progress(transient=False)
+            self._task = self._bar.add_task("jobs resolved", total=total)
+
+    def __enter__(self) -> _Progress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def submitted(self, phase: str, progress: BatchProgress) -> None:
+        if self._bar is None and progress.done == progress.total:
+            print(f"{phase}: {progress.submitted} accepted, {progress.rejected} rejected",
+                  file=self.out, flush=True)
+
+    def resolved(self) -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done)
+        elif self.done % self._step == 0 or self.done == self.total:
+            print(f"resolved {self.done}/{self.total}", file=self.out, flush=True)
+
+
+async def _run_phase(
+    phase: str,
+    submissions: list[JobHandle[Any] | CobaltError],
+    tally: _Tally,
+    fake: FakeCobalt,
+    progress: _Progress,
+    deadline: float,
+) -> list[JobHandle[Any]]:
+    """Await one phase's handles; returns those that succeeded."""
+    handles = [item for item in submissions if isinstance(item, JobHandle)]
+    tally.submitted += len(handles)
+    tally.rejected += len(submissions) - len(handles)
+    progress.total -= len(submissions) - len(handles)
+    succeeded = []
+    remaining = max(0.0, deadline - anyio.current_time())
+    async with as_completed(handles, timeout=remaining) as finished:
+        async for handle in finished:
+            tally.settle(handle, fake.expected_failures)
+            progress.resolved()
+            if handle.status is JobStatus.SUCCEEDED:
+                succeeded.append(handle)
+        tally.lost += [handle.job_id for handle in finished.pending]
+    return succeeded
+
+
+async def run_demo(args: argparse.Namespace) -> int:
+    started = anyio.current_time()
+    deadline = started + args.timeout
+    sink = InMemorySink()
+    receiver = WebhookReceiver(sink, secrets=[_SECRET])
+    tally = _Tally()
+    out = sys.stderr if args.json else sys.stdout
+    async with serve(WebhookApp(receiver)) as hook_url:
+        webhook_url = f"{hook_url}/webhooks/cobalt"
+        fake = fake_from_args(args, webhook_url=webhook_url, webhook_secret=_SECRET)
+        async with serve(fake) as cobalt_url:
+            client = CobaltClient(
+                base_url=f"{cobalt_url}/v1",
+                sink=sink,
+                poll=PollPolicy(silence=args.poll_silence, max_silence=2 * args.poll_silence),
+                job_timeout=args.timeout,
+                **fake.credentials,
+            )
+            rich = out.isatty() and not args.json
+            async with client:
+                with _Progress(2 * args.tasks, out, rich=rich) as progress:
+                    await _submit_and_wait(args, client, fake, tally, progress, deadline)
+    summary = _summary(tally, fake, sink, anyio.current_time() - started)
+    _print_summary(summary, args.json)
+    return 0 if not tally.lost else 1
+
+
+async def _submit_and_wait(
+    args: argparse.Namespace,
+    client: CobaltClient,
+    fake: FakeCobalt,
+    tally: _Tally,
+    progress: _Progress,
+    deadline: float,
+) -> None:
+    tasks = [
+        {
+            "patient_mrn": f"MRN-{index:05d}",
+            "subject": "Follow-up",
+            "description": "Call the patient back about recent lab results.",
+        }
+        for index in range(args.tasks)
+    ]
+    submitted = await client.tasks.create_many(
+        tasks,  # type: ignore[arg-type]
+        concurrency=args.concurrency,
+        on_progress=lambda p: progress.submitted("tasks", p),
+    )
+    created = await _run_phase("tasks", submitted, tally, fake, progress, deadline)
+    notes = [
+        {"emr_task_id": handle.event.data.emr_task_id, "note": "Called the patient back."}
+        for handle in created
+        if handle.event is not None and handle.event.type == "task.created"
+    ]
+    progress.total -= args.tasks - len(notes)
+    submitted = await client.tasks.notes.create_many(
+        notes,  # type: ignore[arg-type]
+        concurrency=args.concurrency,
+        on_progress=lambda p: progress.submitted("notes", p),
+    )
+    await _run_phase("notes", submitted, tally, fake, progress, deadline)
+
+
+def _percentile(values: list[float], q: int) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return round(values[0] * 1000, 1)
+    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000, 1)
+
+
+def _summary(tally: _Tally, fake: FakeCobalt, sink: InMemorySink, wall: float) -> dict[str, Any]:
+    stats = sink.stats()
+    return {
+        "submitted": tally.submitted,
+        "succeeded": tally.succeeded,
+        "failed": tally.failed,
+        "failed_expected": tally.failed_expected,
+        "lost": len(tally.lost),
+        "lost_job_ids": tally.lost[:20],
+        "rejected": tally.rejected,
+        "resolved_via": dict(tally.via),
+        "latency_ms": {f"p{q}": _percentile(tally.latencies, q) for q in (50, 95, 99)},
+        "duplicates": stats.duplicates,
+        "backstop_polls": stats.backstop_polls,
+        "webhooks_dropped": fake.stats.dropped,
+        "wall_s": round(wall, 2),
+    }
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary), flush=True)
+        return
+    latency = summary["latency_ms"]
+    via = ", ".join(f"{count} by {how}" for how, count in sorted(summary["resolved_via"].items()))
+    lines = [
+        f"submitted  {summary['submitted']} jobs (tasks and notes)",
+        f"succeeded  {summary['succeeded']}",
+        f"failed     {summary['failed']} ({summary['failed_expected']} injected by the simulator)",
+        f"lost       {summary['lost']}",
+        f"rejected   {summary['rejected']} before submission",
+        f"resolved   {via or 'none'}",
+        f"latency    p50 {latency['p50']} ms, p95 {latency['p95']} ms, p99 {latency['p99']} ms",
+        f"duplicates {summary['duplicates']} deliveries ignored",
+        f"wall time  {summary['wall_s']} s",
+    ]
+    print("\n".join(lines), flush=True)
