@@ -1,0 +1,28 @@
+"""
+Test helpers: :class:`FakeCobalt`, a simulator of Cobalt's task API, and event factories.
+
+```python
+from cobalt_async.testing import FakeCobalt, make_task_created_event, signed_delivery
+```
+"""
+
+from .._webhooks import sign_webhook
+from ._factories import (
+    make_task_created_event,
+    make_task_failed_event,
+    make_task_note_created_event,
+    make_task_note_failed_event,
+    signed_delivery,
+)
+from ._fake import FakeCobalt, FakeStats
+
+__all__ = [
+    "FakeCobalt",
+    "FakeStats",
+    "make_task_created_event",
+    "make_task_failed_event",
+    "make_task_note_created_event",
+    "make_task_note_failed_event",
+    "sign_webhook",
+    "signed_delivery",
+]
