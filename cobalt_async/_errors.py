@@ -117,7 +117,11 @@ class BadRequestError(APIStatusError):
 
     @property
     def fields(self) -> tuple[str, ...]:
-        _, _, names = self.message.partition(":")
+        head, _, names = self.message.partition(":")
+        # Only "Missing required field: x" / "Unexpected fields in request body: a, b" (and
+        # "...parameters: ...") name fields; "Patient not found: MRN-1" does not.
+        if not any(word in head.lower() for word in ("field", "parameter")):
+            return ()
         return tuple(name.strip(" .") for name in names.split(",") if name.strip(" ."))
 
     @property
