@@ -136,10 +136,24 @@ def _credentials(
     client_id: str | None, client_secret: str | None, access_token: str | None
 ) -> Credentials:
     given = {"client_id": client_id, "client_secret": client_secret, "access_token": access_token}
-    values = {name: value or os.environ.get(_ENV[name], "") for name, value in given.items()}
-    missing = [name for name, value in values.items() if not value.strip()]
+    # Surrounding whitespace is a file's trailing newline, not part of the secret.
+    values = {
+        name: (value or os.environ.get(_ENV[name], "")).strip() for name, value in given.items()
+    }
+    missing = [name for name, value in values.items() if not value]
     if missing:
         hints = ", ".join(f"{name}= (or {_ENV[name]})" for name in missing)
         msg = f"missing Cobalt credentials: pass {hints}"
+        raise ConfigurationError(msg)
+    # Checked here, because httpx and h11 would refuse them later with the value in the message.
+    unsendable = [
+        name for name, value in values.items() if not (value.isascii() and value.isprintable())
+    ]
+    if unsendable:
+        hints = ", ".join(f"{name}= (or {_ENV[name]})" for name in unsendable)
+        msg = (
+            f"Cobalt credentials with control or non-ASCII characters cannot be sent as HTTP "
+            f"headers: check {hints} for a copy-paste artefact"
+        )
         raise ConfigurationError(msg)
     return Credentials(**values)
