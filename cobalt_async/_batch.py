@@ -33,6 +33,10 @@ class BatchProgress:
     """Items refused locally or by Cobalt, or whose submission failed."""
     rate_limited: int
     """429 answers so far; the batch slowed down and resubmitted those items."""
+    index: int
+    """Position in the input of the item that just settled."""
+    outcome: JobHandle[Any] | CobaltError
+    """That item's handle (record its job_id now, to survive a crash) or its error."""
 
     @property
     def done(self) -> int:
@@ -89,9 +93,15 @@ class _Batch(Generic[R, H]):
         else:
             self.submitted += 1
         if self.on_progress is not None:
-            self.on_progress(
-                BatchProgress(self.total, self.submitted, self.rejected, self.throttle.rate_limited)
+            progress = BatchProgress(
+                self.total,
+                self.submitted,
+                self.rejected,
+                self.throttle.rate_limited,
+                index,
+                outcome,
             )
+            self.on_progress(progress)
 
     async def _submit_one(self, item: Any) -> H | CobaltError:
         try:

@@ -11,15 +11,17 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import anyio
+from anyio.abc import TaskGroup
 
-from ._batch import BatchProgress, as_completed
+from ._batch import BatchProgress
 from ._client import CobaltClient
 from ._config import PollPolicy
-from ._errors import CobaltError
+from ._errors import CobaltError, JobFailedError, JobTimeoutError
 from ._handles import JobHandle, JobStatus
 from ._servers import fake_from_args, serve
 from ._webhooks import WebhookReceiver
 from .asgi import WebhookApp
+from .models import TaskCreatedEvent, TaskCreateParams
 from .sinks import InMemorySink
 from .testing import FakeCobalt
 
@@ -76,8 +78,8 @@ class _Progress:
 
     def submitted(self, phase: str, progress: BatchProgress) -> None:
         if self._bar is None and progress.done == progress.total:
-            print(f"{phase}: {progress.submitted} accepted, {progress.rejected} rejected",
-                  file=self.out, flush=True)
+            line = f"{phase}: {progress.submitted} accepted, {progress.rejected} rejected"
+            print(line, file=self.out, flush=True)
 
     def resolved(self) -> None:
         self.done += 1
@@ -87,29 +89,65 @@ class _Progress:
             print(f"resolved {self.done}/{self.total}", file=self.out, flush=True)
 
 
-async def _run_phase(
-    phase: str,
-    submissions: list[JobHandle[Any] | CobaltError],
-    tally: _Tally,
-    fake: FakeCobalt,
-    progress: _Progress,
-    deadline: float,
-) -> list[JobHandle[Any]]:
-    """Await one phase's handles; returns those that succeeded."""
-    handles = [item for item in submissions if isinstance(item, JobHandle)]
-    tally.submitted += len(handles)
-    tally.rejected += len(submissions) - len(handles)
-    progress.total -= len(submissions) - len(handles)
-    succeeded = []
-    remaining = max(0.0, deadline - anyio.current_time())
-    async with as_completed(handles, timeout=remaining) as finished:
-        async for handle in finished:
-            tally.settle(handle, fake.expected_failures)
-            progress.resolved()
-            if handle.status is JobStatus.SUCCEEDED:
-                succeeded.append(handle)
-        tally.lost += [handle.job_id for handle in finished.pending]
-    return succeeded
+class _Pipeline:
+    """Follows each accepted task to its outcome, then appends and follows its note."""
+
+    def __init__(
+        self,
+        client: CobaltClient,
+        fake: FakeCobalt,
+        tally: _Tally,
+        progress: _Progress,
+        *,
+        concurrency: int,
+        deadline: float,
+    ) -> None:
+        self.client = client
+        self.fake = fake
+        self.tally = tally
+        self.progress = progress
+        self.deadline = deadline
+        self.note_slots = anyio.CapacityLimiter(concurrency)
+
+    async def follow(self, handle: JobHandle[Any]) -> JobHandle[Any] | None:
+        """Wait for *handle* until the deadline; None when its outcome stays unknown."""
+        try:
+            await handle.wait(timeout=max(0.0, self.deadline - anyio.current_time()))
+        except JobFailedError:
+            pass
+        except JobTimeoutError:
+            self.tally.lost.append(handle.job_id)
+            return None
+        self.tally.settle(handle, self.fake.expected_failures)
+        self.progress.resolved()
+        return handle
+
+    async def follow_task(self, handle: JobHandle[TaskCreatedEvent]) -> None:
+        await self.follow(handle)
+        if not isinstance(handle.event, TaskCreatedEvent):
+            self.progress.total -= 1  # failed or unknown: no note for this task
+            return
+        emr_task_id = handle.event.data.emr_task_id
+        async with self.note_slots:
+            try:
+                note = await self.client.tasks.notes.create(
+                    emr_task_id=emr_task_id, note="Called the patient back."
+                )
+            except CobaltError:
+                self.tally.rejected += 1
+                self.progress.total -= 1
+                return
+        self.tally.submitted += 1
+        await self.follow(note)
+
+    def on_task(self, task_group: TaskGroup, progress: BatchProgress) -> None:
+        self.progress.submitted("tasks", progress)
+        if isinstance(progress.outcome, JobHandle):
+            self.tally.submitted += 1
+            task_group.start_soon(self.follow_task, progress.outcome)
+        else:
+            self.tally.rejected += 1
+            self.progress.total -= 2
 
 
 async def run_demo(args: argparse.Namespace) -> int:
@@ -128,26 +166,29 @@ async def run_demo(args: argparse.Namespace) -> int:
                 sink=sink,
                 poll=PollPolicy(silence=args.poll_silence, max_silence=2 * args.poll_silence),
                 job_timeout=args.timeout,
-                **fake.credentials,
+                client_id=fake.client_id,
+                client_secret=fake.client_secret,
+                access_token=fake.access_token,
             )
             rich = out.isatty() and not args.json
             async with client:
                 with _Progress(2 * args.tasks, out, rich=rich) as progress:
-                    await _submit_and_wait(args, client, fake, tally, progress, deadline)
+                    pipeline = _Pipeline(
+                        client,
+                        fake,
+                        tally,
+                        progress,
+                        concurrency=args.concurrency,
+                        deadline=deadline,
+                    )
+                    await _submit_and_wait(args, pipeline)
     summary = _summary(tally, fake, sink, anyio.current_time() - started)
     _print_summary(summary, args.json)
     return 0 if not tally.lost else 1
 
 
-async def _submit_and_wait(
-    args: argparse.Namespace,
-    client: CobaltClient,
-    fake: FakeCobalt,
-    tally: _Tally,
-    progress: _Progress,
-    deadline: float,
-) -> None:
-    tasks = [
+async def _submit_and_wait(args: argparse.Namespace, pipeline: _Pipeline) -> None:
+    tasks: list[TaskCreateParams] = [
         {
             "patient_mrn": f"MRN-{index:05d}",
             "subject": "Follow-up",
@@ -155,24 +196,13 @@ async def _submit_and_wait(
         }
         for index in range(args.tasks)
     ]
-    submitted = await client.tasks.create_many(
-        tasks,  # type: ignore[arg-type]
-        concurrency=args.concurrency,
-        on_progress=lambda p: progress.submitted("tasks", p),
-    )
-    created = await _run_phase("tasks", submitted, tally, fake, progress, deadline)
-    notes = [
-        {"emr_task_id": handle.event.data.emr_task_id, "note": "Called the patient back."}
-        for handle in created
-        if handle.event is not None and handle.event.type == "task.created"
-    ]
-    progress.total -= args.tasks - len(notes)
-    submitted = await client.tasks.notes.create_many(
-        notes,  # type: ignore[arg-type]
-        concurrency=args.concurrency,
-        on_progress=lambda p: progress.submitted("notes", p),
-    )
-    await _run_phase("notes", submitted, tally, fake, progress, deadline)
+    # Each task is followed from the moment it is accepted, so latency is the job's own.
+    async with anyio.create_task_group() as task_group:
+        await pipeline.client.tasks.create_many(
+            tasks,
+            concurrency=args.concurrency,
+            on_progress=lambda progress: pipeline.on_task(task_group, progress),
+        )
 
 
 def _percentile(values: list[float], q: int) -> float | None:
