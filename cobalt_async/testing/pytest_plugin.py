@@ -48,6 +48,8 @@ async def cobalt_client(
         base_url=fake_cobalt.base_url,
         transport=fake_cobalt.transport,
         sink=cobalt_sink,
-        **fake_cobalt.credentials,
+        client_id=fake_cobalt.client_id,
+        client_secret=fake_cobalt.client_secret,
+        access_token=fake_cobalt.access_token,
     ) as client:
         yield client
