@@ -1,0 +1,155 @@
+"""
+A pure ASGI webhook endpoint: mount :class:`WebhookApp` under any path of any ASGI framework.
+
+```python
+receiver = WebhookReceiver(sink, secrets=[os.environ["COBALT_WEBHOOK_SECRET"]])
+app = WebhookApp(receiver)        # serve it alone, or mount it in Starlette, Litestar, ...
+```
+
+It needs no web framework: only the ASGI protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from contextlib import aclosing
+
+from ._types import Receive, Scope, Send
+from ._webhooks import WebhookReceiver
+
+__all__ = ["WebhookApp"]
+
+logger = logging.getLogger("cobalt_async.asgi")
+
+_RawHeaders = Iterable[tuple[bytes, bytes]]
+
+
+class WebhookApp:
+    """
+    An ASGI app that hands every ``POST`` to a :class:`~cobalt_async.WebhookReceiver`.
+
+    It answers before any user code runs: the body is read (and refused with 413 as soon as
+    it passes ``receiver.max_body_bytes``), verified and stored, the answer is sent, and only
+    then does the receiver's *on_event* hook run; its errors are logged, never answered.
+    Other methods get 405; lifespan events are acknowledged; websockets are refused.
+    The answer is ``{"status": <outcome>}`` and never echoes the body.
+    """
+
+    def __init__(self, receiver: WebhookReceiver) -> None:
+        self.receiver = receiver
+
+    def __repr__(self) -> str:
+        return f"<WebhookApp receiver={self.receiver!r}>"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await _lifespan(receive, send)
+        elif kind == "websocket":
+            await _refuse_websocket(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            await _send_status(send, 405, "method_not_allowed", [(b"allow", b"POST")])
+            return
+        limit = self.receiver.max_body_bytes
+        if _too_large(scope["headers"], limit):
+            await _send_too_large(send)
+            return
+        try:
+            async with aclosing(_chunks(receive)) as chunks:
+                body = await _read_limited(chunks, limit)
+        except _Disconnected:
+            return  # Cobalt hung up; it retries on its own schedule.
+        if body is None:
+            await _send_too_large(send)
+            return
+        receipt = await self.receiver.receive(body, scope["headers"], dispatch=False)
+        await _send_status(send, receipt.status_code, receipt.outcome)
+        # Only now: a slow or failing hook must not delay the answer past Cobalt's 5 s.
+        await self.receiver.dispatch(receipt)
+
+
+class _Disconnected(Exception):
+    """The client went away before the whole body arrived."""
+
+
+async def _chunks(receive: Receive) -> AsyncGenerator[bytes, None]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
+async def _read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes | None:
+    """Collect a body; ``None`` as soon as it passes *limit*, without reading the rest."""
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def _too_large(headers: _RawHeaders, limit: int) -> bool:
+    """Whether a declared ``Content-Length`` already passes *limit*."""
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            try:
+                return int(value) > limit
+            except ValueError:
+                return False  # malformed: the server refuses it, or the stream tells
+    return False
+
+
+def _status_body(outcome: str) -> bytes:
+    """The answer to a delivery: only the outcome, never the body or a secret."""
+    return json.dumps({"status": outcome}, separators=(",", ":")).encode()
+
+
+async def _send_status(
+    send: Send, status: int, outcome: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = _status_body(outcome)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_too_large(send: Send) -> None:
+    # The rest of the body is never read, so the connection cannot carry another request.
+    await _send_status(send, 413, "too_large", [(b"connection", b"close")])
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    # Nothing to start: the receiver's sink is opened by whoever owns it (the client).
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _refuse_websocket(receive: Receive, send: Send) -> None:
+    message = await receive()
+    if message["type"] == "websocket.connect":
+        # A close before accept makes the server answer the handshake with 403.
+        await send({"type": "websocket.close", "code": 1008})
