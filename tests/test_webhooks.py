@@ -381,7 +381,7 @@ class TestNonTerminalEvents:
     async def test_hook_that_raises_never_crashes_ingestion(
         self, sink: InMemorySink, payload: dict[str, Any], caplog: pytest.LogCaptureFixture
     ) -> None:
-        """A failing hook is logged; the delivery is still answered 200 and stored."""
+        """A failing hook is logged; the delivery is still answered 200."""
 
         def on_event(event: Event) -> None:
             raise RuntimeError("hook bug")
