@@ -85,7 +85,7 @@ __all__ = [
 # Tracebacks and reprs name the public path, not the private module.
 for _name in __all__:
     _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("cobalt_async._"):
+    if "._" in getattr(_obj, "__module__", "").removeprefix("cobalt_async"):
         try:
             _obj.__module__ = __name__
         except (AttributeError, TypeError):

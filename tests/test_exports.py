@@ -17,22 +17,6 @@ PUBLIC_SUBMODULES = ["cobalt_async.models", "cobalt_async.sinks"]
 OPTIONAL_EXPORTS = {"cobalt_async.sinks": {"RedisSink": "redis"}}
 """Names that need an extra: importing them without it must fail with an install hint."""
 
-# The root __init__ rewrites __module__ only for objects from "cobalt_async._*"; classes
-# re-exported from the public packages' private modules ("cobalt_async.models._events",
-# "cobalt_async.sinks._base") keep theirs. Strict xfail: fixing __init__ turns these red
-# until this set is emptied.
-PRIVATE_MODULE_PATH = {
-    "InMemorySink",
-    "Sink",
-    "SinkStats",
-    "TaskCreatedEvent",
-    "TaskFailedEvent",
-    "TaskNoteCreatedEvent",
-    "TaskNoteFailedEvent",
-    "UnknownEvent",
-}
-
-
 def export_order(name: str) -> tuple[bool, str]:
     """The package's order: SCREAMING_CASE constants first, then sorted() order."""
     return (not name.isupper(), name)
@@ -43,14 +27,7 @@ def _exported_classes() -> list[object]:
     for name in cobalt_async.__all__:
         if not inspect.isclass(getattr(cobalt_async, name)):
             continue
-        marks = []
-        if name in PRIVATE_MODULE_PATH:
-            marks.append(
-                pytest.mark.xfail(
-                    strict=True, reason="__init__ fix-up skips cobalt_async.<pkg>._* modules"
-                )
-            )
-        params.append(pytest.param(name, id=name, marks=marks))
+        params.append(pytest.param(name, id=name))
     return params
 
 
