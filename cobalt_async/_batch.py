@@ -56,8 +56,8 @@ class _Throttle:
         self.rate_limited = 0
 
     async def wait_turn(self) -> None:
-        delay = self.resume_at - anyio.current_time()
-        if delay > 0:
+        # A deadline, not an event: a 429 answered during the pause moves it further away.
+        while (delay := self.resume_at - anyio.current_time()) > 0:  # noqa: ASYNC110
             await anyio.sleep(delay)
 
     def on_rate_limit(self, error: RateLimitError, attempt: int) -> None:
@@ -109,8 +109,10 @@ class _Batch(Generic[R, H]):
         except CobaltError as exc:
             return exc
         for attempt in range(MAX_RATE_LIMIT_RETRIES + 1):
-            await self.throttle.wait_turn()
             async with self.throttle.limiter:
+                # Wait with the slot in hand: a worker queued on the limiter while a 429
+                # arrived must not send the moment it gets a slot, inside Retry-After.
+                await self.throttle.wait_turn()
                 try:
                     handle = await self.submit(request)
                 except RateLimitError as exc:
@@ -237,6 +239,7 @@ async def as_completed(
             if await _settle(handle, deadline) is not None:
                 await sender.send(handle)
 
+    error: Exception | None = None
     async with anyio.create_task_group() as task_group:
         async with send:
             for handle in handles:
@@ -244,5 +247,11 @@ async def as_completed(
         try:
             async with receive:
                 yield Completed(handles, receive)
+        except Exception as exc:
+            # Raised again outside the task group, so the caller gets it as it was raised
+            # (``await handle`` -> JobFailedError), not wrapped in an ExceptionGroup.
+            error = exc
         finally:
             task_group.cancel_scope.cancel()
+    if error is not None:
+        raise error
