@@ -12,7 +12,6 @@ It needs no web framework: only the ASGI protocol.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import aclosing
 
@@ -20,8 +19,6 @@ from ._types import Receive, Scope, Send
 from ._webhooks import WebhookReceiver
 
 __all__ = ["WebhookApp"]
-
-logger = logging.getLogger("cobalt_async.asgi")
 
 _RawHeaders = Iterable[tuple[bytes, bytes]]
 
