@@ -13,7 +13,13 @@ import pytest
 
 import cobalt_async
 
-PUBLIC_SUBMODULES = ["cobalt_async.models", "cobalt_async.sinks"]
+PUBLIC_SUBMODULES = [
+    "cobalt_async.asgi",
+    "cobalt_async.fastapi",
+    "cobalt_async.models",
+    "cobalt_async.sinks",
+    "cobalt_async.testing",
+]
 OPTIONAL_EXPORTS = {"cobalt_async.sinks": {"RedisSink": "redis"}}
 """Names that need an extra: importing them without it must fail with an install hint."""
 
