@@ -9,6 +9,14 @@ from typing import NoReturn
 
 from ._version import __version__
 
+_EXAMPLES = """\
+examples:
+  python -m cobalt_async demo --json
+  python -m cobalt_async simulate --port 8001
+  python -m cobalt_async listen --port 8000 --secret whsec_test
+  python -m cobalt_async verify --secret whsec_test --signature 5f0c... --body-file body.json
+  python -m cobalt_async COMMAND --help
+"""
 _DEMO_EXAMPLES = """\
 examples:
   python -m cobalt_async demo
@@ -109,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="cobalt-async",
         description="Cobalt task API tools: a demo, a simulator, a webhook listener, a verifier.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"cobalt-async {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -177,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the servers were up (while importing them)
+        print("cobalt-async: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "verify":
         return _verify(args)

@@ -44,8 +44,16 @@ async def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> AsyncIt
     url = f"http://{host}:{sock.getsockname()[1]}"
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
+
+    async def run() -> None:
+        await server.serve([sock])
+        # uvicorn stops on its own when it catches SIGINT or SIGTERM; the block ends with it.
+        # (It re-raises the signal afterwards, but a shell that started us in the background
+        # set SIGINT to "ignore", and then nothing else would end the block.)
+        task_group.cancel_scope.cancel()
+
     async with anyio.create_task_group() as task_group:
-        task_group.start_soon(server.serve, [sock])
+        task_group.start_soon(run)
         try:
             with anyio.fail_after(_STARTUP_TIMEOUT):
                 # uvicorn offers a flag, not an event, to tell it is listening.
