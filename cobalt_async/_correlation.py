@@ -111,12 +111,16 @@ class Correlator:
             JobTimeoutError: No outcome within *timeout* seconds; the slot is released and
                 the outcome stays retrievable by a later wait.
         """
-        await self._sink.armed()
+        # The deadline starts now and also bounds arming and the store read: a sink that
+        # hangs must not stretch the wait past its timeout.
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout
+        with anyio.move_on_at(deadline):
+            await self._sink.armed()
         slot = self._register(job_id, backstop, policy, webhooks_expected)
         try:
             if slot.outcome is None:
-                await self._read_store(job_id)
-            deadline = math.inf if timeout is None else anyio.current_time() + timeout
+                with anyio.move_on_at(deadline):
+                    await self._read_store(job_id)
             while slot.outcome is None:
                 await self._sleep(slot, min(deadline, self._next_look(slot, backstop)))
                 if slot.outcome is not None:
