@@ -1,0 +1,431 @@
+"""JobHandle through CobaltClient: a stubbed Cobalt, webhooks through WebhookReceiver."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from cobalt_async import (
+    CobaltClient,
+    InMemorySink,
+    JobFailedError,
+    JobHandle,
+    JobStatus,
+    JobTimeoutError,
+    PollPolicy,
+    Sink,
+    TaskCreatedEvent,
+    TaskFailedEvent,
+    WebhookReceiver,
+    sign_webhook,
+)
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "whsec_test"
+JOB_NUMBER = 12345
+JOB = "12345"
+QUIET = PollPolicy(silence=60.0, max_silence=60.0)
+"""A sink-backed policy whose backstop never polls within a test (except before a timeout)."""
+
+
+def task_created_payload(job_id: str = JOB, *, emr_task_id: str = "emr-9") -> dict[str, Any]:
+    return {
+        "id": f"evt_created_{job_id}",
+        "access_token_reference_id": "atr_test",
+        "object": "event",
+        "created": "2026-01-01T00:00:00.000Z",
+        "type": "task.created",
+        "job_id": job_id,
+        "data": {"task_id": "t", "emr_task_id": emr_task_id, "subject": "Follow-up"},
+    }
+
+
+def task_failed_payload(job_id: str = JOB) -> dict[str, Any]:
+    return {
+        "id": f"evt_failed_{job_id}",
+        "access_token_reference_id": "atr_test",
+        "object": "event",
+        "created": "2026-01-01T00:00:00.000Z",
+        "type": "task.failed",
+        "job_id": job_id,
+        "data": {
+            "task_id": "t",
+            "failure_reason": "Patient not found; Assignee unknown",
+            "reasons": [
+                {"code": "patient_not_found", "description": "Patient not found"},
+                {"code": "assignee_unknown", "description": "Assignee unknown"},
+            ],
+        },
+    }
+
+
+def new_record(payload: dict[str, Any]) -> dict[str, Any]:
+    """A ``GET /v1/webhook-events`` item in the newer shape."""
+    return {
+        "event_id": payload["id"],
+        "event_type": payload["type"],
+        "webhook_url": "https://example.test/webhooks/cobalt",
+        "delivery_status": "failed",
+        "data": payload["data"],
+        "created_at": "2026-01-01T00:00:00Z",
+        "job_id": payload["job_id"],
+        "access_token_reference_id": "atr_test",
+    }
+
+
+def old_record(payload: dict[str, Any]) -> dict[str, Any]:
+    """A ``GET /v1/webhook-events`` item in the older shape."""
+    return {
+        "id": payload["id"],
+        "access_token_reference_id": "atr_test",
+        "object": "event",
+        "created": "2026-01-01T00:00:00.000Z",
+        "type": payload["type"],
+        "job_id": payload["job_id"],
+        "status": "failed",
+        "delivered": False,
+        "delivery_attempts": 2,
+        "last_delivery_attempt": "2026-01-01T00:00:03.000Z",
+        "response_status_code": 503,
+        "data": payload["data"],
+    }
+
+
+class StubCobalt:
+    """Cobalt's task API as an ``httpx.MockTransport``; the test controls every answer."""
+
+    def __init__(self, job_id: int | str = JOB_NUMBER) -> None:
+        self.job_id = job_id
+        self.records: list[dict[str, Any]] = []
+        """Items of ``GET /v1/webhook-events``, filtered by its job_id unless told not to."""
+        self.records_from_poll = 1
+        """The first poll (1-based) that sees ``records``; earlier polls see none."""
+        self.ignore_job_filter = False
+        self.fail_polls = 0
+        """The next N polls answer 500."""
+        self.polls: list[httpx.Request] = []
+        self.poll_times: list[float] = []
+        self.on_create: Callable[[], Awaitable[None]] | None = None
+        """Runs before the POST answers, e.g. to deliver the webhook early."""
+        self.transport = httpx.MockTransport(self.handle)
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path == "/v1/tasks":
+            if self.on_create is not None:
+                await self.on_create()
+            return httpx.Response(
+                200, json={"success": True, "task_id": "t", "job_id": self.job_id}
+            )
+        if request.method == "GET" and request.url.path == "/v1/webhook-events":
+            self.polls.append(request)
+            self.poll_times.append(anyio.current_time())
+            if self.fail_polls:
+                self.fail_polls -= 1
+                return httpx.Response(500, json={"success": False, "message": "boom"})
+            wanted = request.url.params.get("job_id")
+            visible = self.records if len(self.polls) >= self.records_from_poll else []
+            records = [
+                record for record in visible
+                if self.ignore_job_filter or wanted is None or str(record["job_id"]) == wanted
+            ]
+            return httpx.Response(
+                200,
+                json={
+                    "success": True,
+                    "webhook_events": records,
+                    "pagination": {"current_page": 1, "total_pages": 1, "page_size": 100},
+                },
+            )
+        return httpx.Response(404, json={"success": False, "message": "no such route"})
+
+
+def make_client(
+    stub: StubCobalt,
+    *,
+    sink: Sink | None,
+    poll: PollPolicy = QUIET,
+    job_timeout: float | None = 5.0,
+) -> CobaltClient:
+    return CobaltClient(
+        client_id="cid",
+        client_secret="csecret",
+        access_token="tok",
+        base_url="https://api.cobalt.test/v1",
+        sink=sink,
+        transport=stub.transport,
+        max_retries=0,
+        poll=poll,
+        job_timeout=job_timeout,
+    )
+
+
+async def deliver(receiver: WebhookReceiver, payload: dict[str, Any]) -> None:
+    """POST a signed webhook into the receiver, as Cobalt would."""
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    headers = {"cobalt-verification": sign_webhook(body, SECRET), "webhook-id": payload["id"]}
+    receipt = await receiver.receive(body, headers)
+    assert receipt.status_code == 200, receipt
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Yield to other tasks until *predicate* holds (bounded by the caller's fail_after)."""
+    while not predicate():
+        await anyio.lowlevel.checkpoint()
+
+
+async def create_task(client: CobaltClient) -> JobHandle[TaskCreatedEvent]:
+    return await client.tasks.create(patient_mrn="MRN-1", description="Call the patient back")
+
+
+@pytest.fixture
+def stub() -> StubCobalt:
+    return StubCobalt()
+
+
+@pytest.fixture
+def sink() -> InMemorySink:
+    return InMemorySink()
+
+
+@pytest.fixture
+def receiver(sink: InMemorySink) -> WebhookReceiver:
+    return WebhookReceiver(sink, secrets=[SECRET])
+
+
+class TestIdentity:
+    async def test_job_id_is_a_string_even_when_cobalt_sends_a_number(
+        self, stub: StubCobalt, sink: InMemorySink
+    ) -> None:
+        """Cobalt's numeric job_id becomes the string every event carries."""
+        async with make_client(stub, sink=sink) as client:
+            handle = await create_task(client)
+        assert handle.job_id == JOB
+        assert isinstance(handle.job_id, str)
+
+    async def test_task_id_and_kind_come_from_the_create(
+        self, stub: StubCobalt, sink: InMemorySink
+    ) -> None:
+        """The POST answer's task_id is kept on the handle."""
+        async with make_client(stub, sink=sink) as client:
+            handle = await create_task(client)
+        assert (handle.task_id, handle.kind, handle.task_note_id) == ("t", "task", None)
+
+    async def test_repr_names_kind_status_and_job_id(
+        self, stub: StubCobalt, sink: InMemorySink, receiver: WebhookReceiver
+    ) -> None:
+        """The repr follows the status."""
+        async with make_client(stub, sink=sink) as client:
+            handle = await create_task(client)
+            assert repr(handle) == "<JobHandle task pending job_id='12345'>"
+            await deliver(receiver, task_created_payload())
+            with anyio.fail_after(2):
+                await handle
+        assert repr(handle) == "<JobHandle task succeeded job_id='12345'>"
+
+
+class TestOutcome:
+    async def test_pending_handle_knows_nothing_yet(
+        self, stub: StubCobalt, sink: InMemorySink
+    ) -> None:
+        """Before an outcome: PENDING, not done, no event, no resolved_via."""
+        async with make_client(stub, sink=sink) as client:
+            handle = await create_task(client)
+        assert handle.status is JobStatus.PENDING
+        assert not handle.done()
+        assert handle.event is None
+        assert handle.resolved_via is None
+
+    async def test_await_returns_the_task_created_event_from_the_webhook(
+        self, stub: StubCobalt, sink: InMemorySink, receiver: WebhookReceiver
+    ) -> None:
+        """``await handle`` returns the TaskCreatedEvent delivered by webhook."""
+        async with make_client(stub, sink=sink) as client:
+            handle = await create_task(client)
+            async with anyio.create_task_group() as tg:
+                results: list[TaskCreatedEvent] = []
+
+                async def waiter() -> None:
+                    results.append(await handle)
+
+                with anyio.fail_after(2):
+                    tg.start_soon(waiter)
+                    await until(lambda: sink.stats().pending == 1)
+                    await deliver(receiver, task_created_payload())
+        [event] = results
+        assert isinstance(event, TaskCreatedEvent)
+        assert event.data.emr_task_id == "emr-9"
+        assert handle.status is JobStatus.SUCCEEDED
+        assert handle.done()
+        assert handle.event is event
+        assert handle.resolved_via == "webhook"
+        assert stub.polls == []
+
+    async def test_webhook_before_the_post_answer_still_resolves_the_handle(
+        self, stub: StubCobalt, sink: InMemorySink, receiver: WebhookReceiver
+    ) -> None:
+        """The early arrival race: the webhook lands while the POST is still in flight."""
+        stub.on_create = lambda: deliver(receiver, task_created_payload())
+        async with make_client(stub, sink=sink) as client:
+            handle = await create_task(client)
+            with anyio.fail_after(2):
+                event = await handle
+        assert event.job_id == JOB
+        assert handle.resolved_via == "webhook"
+
+    async def test_failure_event_raises_job_failed_error_with_its_reasons(
+        self, stub: StubCobalt, sink: InMemorySink, receiver: WebhookReceiver
+    ) -> None:
+        """A task.failed outcome raises JobFailedError carrying the event and reasons."""
+        async with make_client(stub, sink=sink) as client:
+            handle = await create_task(client)
+            await deliver(receiver, task_failed_payload())
+            with anyio.fail_after(2), pytest.raises(JobFailedError) as caught:
+                await handle
+        error = caught.value
+        assert isinstance(error.event, TaskFailedEvent)
+        assert error.job_id == JOB
+        assert error.failure_reason == "Patient not found; Assignee unknown"
+        assert [reason.code for reason in error.reasons] == [
+            "patient_not_found",
+            "assignee_unknown",
+        ]
+        assert handle.status is JobStatus.FAILED
+        assert handle.done()
+        assert handle.event is error.event
+
+    async def test_failed_handle_raises_again_on_every_await(
+        self, stub: StubCobalt, sink: InMemorySink, receiver: WebhookReceiver
+    ) -> None:
+        """A known failure is re-raised, without waiting again."""
+        async with make_client(stub, sink=sink) as client:
+            handle = await create_task(client)
+            await deliver(receiver, task_failed_payload())
+            with anyio.fail_after(2):
+                for _ in range(2):
+                    with pytest.raises(JobFailedError):
+                        await handle.wait(timeout=0)
+
+
+class TestTimeouts:
+    async def test_wait_timeout_raises_and_a_later_await_gets_the_outcome(
+        self, stub: StubCobalt, sink: InMemorySink, receiver: WebhookReceiver
+    ) -> None:
+        """A timed-out wait detaches only; awaiting the same handle later resolves it."""
+        async with make_client(stub, sink=sink) as client:
+            handle = await create_task(client)
+            with anyio.fail_after(2):
+                with pytest.raises(JobTimeoutError) as caught:
+                    await handle.wait(timeout=0.05)
+                assert caught.value.job_id == JOB
+                assert handle.status is JobStatus.PENDING
+                assert sink.stats().pending == 0
+                await deliver(receiver, task_created_payload())
+                event = await handle
+        assert event.type == "task.created"
+        assert handle.done()
+
+    async def test_await_uses_the_client_job_timeout(
+        self, stub: StubCobalt, sink: InMemorySink
+    ) -> None:
+        """A bare ``await handle`` is bounded by the client's job_timeout."""
+        async with make_client(stub, sink=sink, job_timeout=0.05) as client:
+            handle = await create_task(client)
+            with anyio.fail_after(2), pytest.raises(JobTimeoutError):
+                await handle
+
+
+class TestConcurrentWaiters:
+    async def test_several_waiters_on_one_handle_share_the_outcome(
+        self, stub: StubCobalt, sink: InMemorySink, receiver: WebhookReceiver
+    ) -> None:
+        """Three coroutines await one handle: one slot, one event for all."""
+        results: list[TaskCreatedEvent] = []
+        async with make_client(stub, sink=sink) as client:
+            handle = await create_task(client)
+
+            async def waiter() -> None:
+                results.append(await handle)
+
+            with anyio.fail_after(2):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(3):
+                        tg.start_soon(waiter)
+                    await until(lambda: sink.stats().pending == 1)
+                    await deliver(receiver, task_created_payload())
+        assert len(results) == 3
+        assert all(event is results[0] for event in results)
+        assert sink.stats().pending == 0
+
+    async def test_cancelling_one_waiter_of_a_handle_leaves_the_others(
+        self, stub: StubCobalt, sink: InMemorySink, receiver: WebhookReceiver
+    ) -> None:
+        """A cancelled waiter detaches; its siblings still get the outcome."""
+        results: list[TaskCreatedEvent] = []
+        async with make_client(stub, sink=sink) as client:
+            handle = await create_task(client)
+            doomed = anyio.CancelScope()
+
+            async def waiter(scope: anyio.CancelScope | None = None) -> None:
+                with scope or anyio.CancelScope():
+                    results.append(await handle)
+
+            with anyio.fail_after(2):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(waiter, doomed)
+                    tg.start_soon(waiter)
+                    await until(lambda: sink.stats().pending == 1)
+                    doomed.cancel()
+                    await until(lambda: doomed.cancelled_caught)
+                    assert sink.stats().pending == 1
+                    await deliver(receiver, task_created_payload())
+        assert len(results) == 1
+        assert handle.done()
+
+
+class TestAttach:
+    async def test_attach_rebuilds_a_handle_that_resolves(
+        self, stub: StubCobalt, sink: InMemorySink, receiver: WebhookReceiver
+    ) -> None:
+        """A handle rebuilt from the numeric job_id alone resolves from the sink."""
+        async with make_client(stub, sink=sink) as client:
+            await deliver(receiver, task_created_payload())
+            handle = client.jobs.attach(JOB_NUMBER, "task")
+            assert (handle.job_id, handle.kind, handle.task_id) == (JOB, "task", None)
+            with anyio.fail_after(2):
+                event = await handle
+        assert event.data.emr_task_id == "emr-9"
+        assert stub.polls == []
+
+    async def test_attached_and_original_handles_share_the_outcome(
+        self, stub: StubCobalt, sink: InMemorySink, receiver: WebhookReceiver
+    ) -> None:
+        """Two handles of one job wait on one slot and see one event."""
+        async with make_client(stub, sink=sink) as client:
+            original = await create_task(client)
+            attached = client.jobs.attach(JOB, "task")
+            results: dict[str, TaskCreatedEvent] = {}
+
+            async def waiter(name: str, handle: JobHandle[TaskCreatedEvent]) -> None:
+                results[name] = await handle
+
+            with anyio.fail_after(2):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(waiter, "original", original)
+                    tg.start_soon(waiter, "attached", attached)
+                    await until(lambda: sink.stats().pending == 1)
+                    await deliver(receiver, task_created_payload())
+        assert results["original"] is results["attached"]
+
+    async def test_attach_refuses_an_unknown_kind(
+        self, stub: StubCobalt, sink: InMemorySink
+    ) -> None:
+        """Only 'task' and 'task_note' are kinds of jobs."""
+        async with make_client(stub, sink=sink) as client:
+            with pytest.raises(ValueError, match="kind"):
+                client.jobs.attach(JOB, "appointment")  # type: ignore[call-overload]
