@@ -42,10 +42,11 @@ class PollPolicy:
     max_silence: float = 60.0
 
     def __post_init__(self) -> None:
-        if min(self.interval, self.silence) <= 0:
+        # Negated comparisons, so that NaN (which compares false) is refused too.
+        if not (self.interval > 0 and self.silence > 0):
             msg = "PollPolicy intervals must be positive; Cobalt's own helper polls every 1 s"
             raise ConfigurationError(msg)
-        if self.backoff < 1:
+        if not self.backoff >= 1:
             msg = "PollPolicy.backoff must be at least 1 (1 keeps a fixed interval)"
             raise ConfigurationError(msg)
 
