@@ -75,14 +75,27 @@ class WebhookEvents:
         page_size: int = 50,
         sort: Literal["created_at", "-created_at"] = "-created_at",
     ) -> WebhookEventPage:
-        """List recorded events; records that do not parse as events are skipped."""
+        """
+        List recorded events; records that do not parse as events are skipped.
+
+        Raises:
+            APIError: The request failed, or its answer is not a webhook-events listing.
+        """
         params: dict[str, Any] = {"page": page, "page_size": page_size, "sort": sort}
         if job_id is not None:
             params["job_id"] = str(job_id)
         if event_type is not None:
             params["event_type"] = event_type
         response = await self._requester.get("/webhook-events", params)
-        listing = WebhookEventList.model_validate_json(response.content)
+        try:
+            listing = WebhookEventList.model_validate_json(response.content)
+        except ValidationError as exc:
+            # A proxy's page, say: an APIError, so that a backstop poll fails alone.
+            msg = "Cobalt's answer is not a webhook-events listing"
+            error = APIError(
+                msg, method="GET", path="/webhook-events", status_code=response.status_code
+            )
+            raise error from exc
         events = []
         for record in listing.webhook_events:
             try:

@@ -109,6 +109,8 @@ class StubCobalt:
         self.ignore_job_filter = False
         self.fail_polls = 0
         """The next N polls answer 500."""
+        self.garbage_polls = 0
+        """The next N polls answer 200 with a body that is not Cobalt's JSON."""
         self.polls: list[httpx.Request] = []
         self.poll_times: list[float] = []
         self.on_create: Callable[[], Awaitable[None]] | None = None
@@ -128,6 +130,9 @@ class StubCobalt:
             if self.fail_polls:
                 self.fail_polls -= 1
                 return httpx.Response(500, json={"success": False, "message": "boom"})
+            if self.garbage_polls:
+                self.garbage_polls -= 1
+                return httpx.Response(200, text="<html>upstream maintenance</html>")
             wanted = request.url.params.get("job_id")
             visible = self.records if len(self.polls) >= self.records_from_poll else []
             records = [

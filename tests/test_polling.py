@@ -189,6 +189,22 @@ class TestPollingWithoutSink:
         assert any("backstop poll" in record.getMessage() for record in caplog.records)
 
     @pytest.mark.anyio
+    async def test_poll_answered_with_an_unreadable_body_does_not_break_the_wait(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A 200 that is not Cobalt's JSON (a proxy page) fails that poll only."""
+        stub = StubCobalt()
+        stub.records = [new_record(task_created_payload())]
+        stub.garbage_polls = 1
+        async with make_client(stub, sink=None, poll=FAST) as client:
+            handle = await create_task(client)
+            with anyio.fail_after(3), caplog.at_level(logging.WARNING):
+                event = await handle
+        assert event.job_id == JOB
+        assert len(stub.polls) == 2
+        assert any("backstop poll" in record.getMessage() for record in caplog.records)
+
+    @pytest.mark.anyio
     async def test_other_jobs_events_never_resolve_the_wrong_job(self) -> None:
         """An older API ignoring the job_id filter returns other jobs' outcomes: skipped."""
         stub = StubCobalt()
