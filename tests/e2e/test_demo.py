@@ -1,0 +1,80 @@
+"""``python -m cobalt_async demo --json`` end to end: real servers, injected faults, no loss."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT = 90.0
+SUMMARY_KEYS = {"submitted", "succeeded", "failed", "lost", "resolved_via", "wall_s"}
+
+
+def run_demo(*flags: str) -> tuple[int, dict[str, Any]]:
+    """Run the demo with ``--json``; returns its exit status and the summary object."""
+    result = subprocess.run(
+        [sys.executable, "-m", "cobalt_async", "demo", "--json", *flags],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    lines = result.stdout.strip().splitlines()
+    assert lines, f"no summary on stdout; stderr: {result.stderr[-2000:]}"
+    summary = json.loads(lines[-1])
+    assert isinstance(summary, dict)
+    assert SUMMARY_KEYS <= summary.keys()
+    return result.returncode, summary
+
+
+def assert_accounted_for(summary: dict[str, Any]) -> None:
+    """Every submitted job ended exactly one way, and was resolved exactly one way."""
+    assert summary["succeeded"] + summary["failed"] + summary["lost"] == summary["submitted"]
+    assert sum(summary["resolved_via"].values()) == summary["submitted"] - summary["lost"]
+
+
+def test_demo_loses_nothing_under_duplicates_early_and_dropped_webhooks() -> None:
+    """Injected faults: every job is resolved, and only the injected failures fail."""
+    status, summary = run_demo(
+        *("--tasks", "200", "--duplicate-rate", "0.1", "--early-rate", "0.1"),
+        *("--drop-rate", "0.05", "--failure-rate", "0.05", "--seed", "7"),
+    )
+
+    assert summary["lost"] == 0, summary.get("lost_job_ids")
+    assert status == 0
+    assert_accounted_for(summary)
+    assert summary["failed"] == summary["failed_expected"] > 0
+    assert summary["webhooks_dropped"] > 0
+    assert summary["resolved_via"].get("poll", 0) > 0  # dropped webhooks found by polling
+    assert summary["backstop_polls"] > 0
+    assert summary["duplicates"] > 0  # duplicate deliveries were seen and ignored
+    # A note is appended to each created task: tasks plus their notes.
+    assert 200 < summary["submitted"] <= 400
+
+
+def test_demo_with_default_settings_resolves_400_jobs_quickly() -> None:
+    """200 tasks and their 200 notes, all succeeded via webhooks, well within 20 s."""
+    status, summary = run_demo()
+
+    assert status == 0
+    assert summary["submitted"] == 400
+    assert summary["succeeded"] == 400
+    assert summary["lost"] == summary["failed"] == 0
+    assert_accounted_for(summary)
+    assert summary["wall_s"] < 20
+
+
+def test_demo_exits_1_and_names_the_jobs_it_lost() -> None:
+    """Jobs still unresolved at ``--timeout`` are lost: reported by job_id, exit status 1."""
+    status, summary = run_demo("--tasks", "5", "--latency", "60", "--timeout", "1")
+
+    assert status == 1
+    assert summary["lost"] == summary["submitted"] == 5
+    assert len(summary["lost_job_ids"]) == 5
+    assert summary["succeeded"] == summary["failed"] == 0
+    assert_accounted_for(summary)
