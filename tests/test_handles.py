@@ -111,6 +111,8 @@ class StubCobalt:
         """The next N polls answer 500."""
         self.garbage_polls = 0
         """The next N polls answer 200 with a body that is not Cobalt's JSON."""
+        self.first_poll_gate: anyio.Event | None = None
+        """When set, the first poll hangs until this event is set."""
         self.polls: list[httpx.Request] = []
         self.poll_times: list[float] = []
         self.on_create: Callable[[], Awaitable[None]] | None = None
@@ -127,6 +129,8 @@ class StubCobalt:
         if request.method == "GET" and request.url.path == "/v1/webhook-events":
             self.polls.append(request)
             self.poll_times.append(anyio.current_time())
+            if self.first_poll_gate is not None and len(self.polls) == 1:
+                await self.first_poll_gate.wait()
             if self.fail_polls:
                 self.fail_polls -= 1
                 return httpx.Response(500, json={"success": False, "message": "boom"})

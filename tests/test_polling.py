@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 
 import anyio
 import pytest
@@ -18,6 +19,7 @@ from cobalt_async import (
     TaskCreatedEvent,
     WebhookReceiver,
 )
+from cobalt_async.sinks import Outcome
 from tests.test_handles import (
     JOB,
     QUIET,
@@ -35,6 +37,18 @@ from tests.test_handles import (
 
 FAST = PollPolicy(interval=0.02, max_interval=0.08, backoff=2.0)
 """Polling without a sink, scaled down: 0.02, 0.04, 0.08, 0.08, ... seconds apart."""
+
+
+class CountingSink(InMemorySink):
+    """An InMemorySink that counts store reads: each new waiter reads once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def get_outcomes(self, job_ids: Sequence[str]) -> dict[str, Outcome]:
+        self.reads += 1
+        return await super().get_outcomes(job_ids)
 
 
 def gaps(start: float, times: list[float]) -> list[float]:
@@ -301,6 +315,36 @@ class TestBackstopWithSink:
         assert handle.done()
         assert other.done()
         assert len(stub.polls) == 1
+
+    @pytest.mark.anyio
+    async def test_waiter_cancelled_mid_poll_leaves_the_polling_to_its_sibling(self) -> None:
+        """The poller is cancelled while its poll hangs: the other waiter polls next."""
+        stub, sink = StubCobalt(), CountingSink()
+        stub.records = [new_record(task_created_payload())]
+        stub.first_poll_gate = anyio.Event()
+        policy = PollPolicy(silence=0.05, max_silence=0.05)
+        async with make_client(stub, sink=sink, poll=policy) as client:
+            handle = await create_task(client)
+            sibling = client.jobs.attach(JOB, "task")
+            poller = anyio.CancelScope()
+
+            async def first_waiter() -> None:
+                with poller:
+                    await handle.wait()
+
+            with anyio.fail_after(3):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(first_waiter)
+                    await until(lambda: len(stub.polls) == 1)
+                    tg.start_soon(sibling.wait)
+                    await until(lambda: sink.reads == 2)  # the sibling joined the slot
+                    poller.cancel()
+                    await until(lambda: poller.cancelled_caught)
+        assert not handle.done()
+        assert sibling.done()
+        assert sibling.resolved_via == "poll"
+        assert len(stub.polls) == 2
+        assert sink.stats().pending == 0
 
     @pytest.mark.anyio
     async def test_exactly_one_final_poll_is_made_before_the_timeout(self) -> None:
