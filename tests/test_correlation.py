@@ -519,9 +519,7 @@ class CorrelationMachine(RuleBasedStateMachine):
         self.stack = ExitStack()
         self.clock = FakeClock()
         self.stack.enter_context(mock.patch.object(_memory, "time", self.clock))
-        self.portal: BlockingPortal = self.stack.enter_context(
-            start_blocking_portal(self.backend)
-        )
+        self.portal: BlockingPortal = self.stack.enter_context(start_blocking_portal(self.backend))
         self.sink: InstrumentedSink = self.portal.call(self._make_sink)
         self.waiters: list[MachineWaiter] = []
         self.futures: list[Future[None]] = []
@@ -555,7 +553,8 @@ class CorrelationMachine(RuleBasedStateMachine):
 
     def _waiting(self, job_id: str | None = None) -> list[MachineWaiter]:
         return [
-            w for w in self.waiters
+            w
+            for w in self.waiters
             if w.state == "waiting" and (job_id is None or w.job_id == job_id)
         ]
 
@@ -727,7 +726,7 @@ class TestRandomSequences:
     def test_random_operation_sequences_keep_invariants_i1_to_i4(self, backend: str) -> None:
         """Register, publish, duplicate, conflict, timeout, cancel, expire, in any order."""
         machine = type("Machine", (CorrelationMachine,), {"backend": backend})
-        run_state_machine_as_test(
+        run_state_machine_as_test(  # type: ignore[no-untyped-call]
             machine,
             settings=settings(
                 max_examples=30,

@@ -140,7 +140,8 @@ class StubCobalt:
             wanted = request.url.params.get("job_id")
             visible = self.records if len(self.polls) >= self.records_from_poll else []
             records = [
-                record for record in visible
+                record
+                for record in visible
                 if self.ignore_job_filter or wanted is None or str(record["job_id"]) == wanted
             ]
             return httpx.Response(
