@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("cobalt_async.correlation")
 
+POLL_TIMEOUT = 10.0
+"""Longest a backstop poll may take before the wait goes on without it."""
+
 
 class Outcome(NamedTuple):
     """A job's terminal event and how it was learnt: ``"webhook"`` or ``"poll"``."""
@@ -91,7 +94,8 @@ class Correlator:
 
     async def recheck(self, job_ids: Iterable[str] | None = None) -> None:
         """Re-read the store for *job_ids* (default: all pending) and settle what is found."""
-        wanted = [job_id for job_id in (job_ids or self.pending_ids()) if job_id in self._slots]
+        candidates = self.pending_ids() if job_ids is None else job_ids
+        wanted = [job_id for job_id in candidates if job_id in self._slots]
         if wanted:
             self.resolve_many(await self._sink.get_outcomes(wanted))
 
@@ -188,7 +192,10 @@ class Correlator:
         slot.polling = True
         self.backstop_polls += 1
         try:
-            event = await backstop(job_id)
+            # A poll must not hold the wait past its deadline by a whole HTTP timeout.
+            event = None
+            with anyio.move_on_after(POLL_TIMEOUT):
+                event = await backstop(job_id)
         except APIError as exc:
             logger.warning("backstop poll for job %s failed: %s", job_id, exc)
             event = None
