@@ -16,21 +16,22 @@ registers; after a reconnect, and periodically, it re-reads every pending job.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
 import redis.asyncio as redis
 from anyio.abc import TaskGroup, TaskStatus
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from .._correlation import Outcome
 from .._errors import ConfigurationError, SinkUnavailableError
@@ -69,9 +70,22 @@ class RedisSink(Sink):
         block_ms: int = 5_000,
         recheck_interval: float = 30.0,
         command_timeout: float = 1.0,
+        max_connections: int = 50,
     ) -> None:
+        """
+        Args:
+            command_timeout: Seconds one store command may take in all, waiting for a pooled
+                connection and retries included, before it fails with
+                ``SinkUnavailableError``: keep it under the receiver's ``publish_timeout``.
+            max_connections: Size of the command connection pool; more concurrent commands
+                wait for a free connection (within *command_timeout*) instead of failing.
+                The listener has one connection of its own.
+        """
         if min(outcome_ttl, dedup_ttl, recheck_interval, command_timeout) <= 0:
             msg = "RedisSink TTLs, recheck_interval and command_timeout must be positive"
+            raise ConfigurationError(msg)
+        if max_connections < 1 or block_ms < 1:
+            msg = "RedisSink max_connections and block_ms must be at least 1"
             raise ConfigurationError(msg)
         super().__init__()
         self.url = url
@@ -81,18 +95,26 @@ class RedisSink(Sink):
         self.stream_maxlen = stream_maxlen
         self.block_ms = block_ms
         self.recheck_interval = recheck_interval
+        self.command_timeout = command_timeout
         self._prefix = f"{{cobalt:{namespace}}}"
         self._stream = f"{self._prefix}:events"
         self._pending_key = f"{self._prefix}:pending"
         self._expiry_key = f"{self._prefix}:pending:exp"
         # Commands fail fast, so that a receiver can answer 503 within Cobalt's window.
-        self._redis = redis.Redis.from_url(
+        pool = redis.ConnectionPool.from_url(
             url,
+            # _call admits at most max_connections commands, so the pool never runs out
+            # (it would raise, not wait); the margin is for connections being released.
+            max_connections=max_connections + 2,
             socket_timeout=command_timeout,
             socket_connect_timeout=command_timeout,
+            # The asyncio Retry: redis.retry.Retry would not await, so would not retry.
             retry=Retry(ExponentialWithJitterBackoff(cap=0.2, base=0.02), 2),
         )
+        self._redis = redis.Redis.from_pool(pool)
         self._publish_script = self._redis.register_script(_PUBLISH)
+        self._admission = anyio.Semaphore(max_connections)
+        self._commands: set[asyncio.Task[Any]] = set()
         self._users = 0
         self._task_group: TaskGroup | None = None
         self._armed = anyio.Event()
@@ -127,13 +149,38 @@ class RedisSink(Sink):
     def _store_stats(self) -> tuple[int, int, int]:
         return 0, 0, self._reconnects
 
-    @staticmethod
-    async def _call(command: Any, *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, command: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+        """
+        Run one Redis command, or fail with ``SinkUnavailableError`` within command_timeout.
+
+        The command runs in a task of its own that is never cancelled: the caller stops
+        waiting at its deadline (or its own cancellation), while redis-py finishes the command
+        under its socket timeouts and returns the connection cleanly. Cancelling redis-py
+        mid-command instead drops the connection, and cancelling waits in its pool can starve.
+        """
         try:
-            return await command(*args, **kwargs)
+            with anyio.fail_after(self.command_timeout):
+                await self._admission.acquire()
+                task = asyncio.ensure_future(command(*args, **kwargs))
+                self._commands.add(task)
+                task.add_done_callback(self._command_done)
+                return await asyncio.shield(task)
         except (RedisError, OSError) as exc:
+            # OSError includes TimeoutError, raised by fail_after.
             msg = f"Redis is unreachable ({type(exc).__name__})"
             raise SinkUnavailableError(msg) from exc
+
+    def _command_done(self, task: asyncio.Task[Any]) -> None:
+        self._commands.discard(task)
+        self._admission.release()
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that gave up must not leave it unseen
+
+    async def _transaction(self, *commands: tuple[str, Any]) -> Any:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for name, args in commands:
+                getattr(pipe, name)(*args)
+            return await pipe.execute()
 
     # Pending registry.
 
@@ -142,16 +189,18 @@ class RedisSink(Sink):
             {"kind": job.kind, "submitted_at": job.submitted_at, "deadline": job.deadline}
         )
         forget_at = job.submitted_at + self.outcome_ttl
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._pending_key, job.job_id, entry)
-            pipe.zadd(self._expiry_key, {job.job_id: forget_at})
-            await self._call(pipe.execute)
+        await self._call(
+            self._transaction,
+            ("hset", (self._pending_key, job.job_id, entry)),
+            ("zadd", (self._expiry_key, {job.job_id: forget_at})),
+        )
 
     async def remove_pending(self, job_id: str) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(self._pending_key, job_id)
-            pipe.zrem(self._expiry_key, job_id)
-            await self._call(pipe.execute)
+        await self._call(
+            self._transaction,
+            ("hdel", (self._pending_key, job_id)),
+            ("zrem", (self._expiry_key, job_id)),
+        )
 
     async def list_pending(self) -> list[PendingJob]:
         await self._forget_expired()
@@ -162,10 +211,11 @@ class RedisSink(Sink):
     async def _forget_expired(self) -> None:
         expired = await self._call(self._redis.zrangebyscore, self._expiry_key, "-inf", time.time())
         if expired:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hdel(self._pending_key, *expired)
-                pipe.zrem(self._expiry_key, *expired)
-                await self._call(pipe.execute)
+            await self._call(
+                self._transaction,
+                ("hdel", (self._pending_key, *expired)),
+                ("zrem", (self._expiry_key, *expired)),
+            )
 
     # Wake-ups: one listener per process.
 
@@ -204,6 +254,9 @@ class RedisSink(Sink):
     async def aclose(self) -> None:
         """Close Redis connections (the listener stops when the last user leaves)."""
         if self._task_group is None:
+            # Commands whose callers gave up finish under their socket timeouts first.
+            with anyio.move_on_after(3 * self.command_timeout):
+                await asyncio.gather(*self._commands, return_exceptions=True)
             await self._redis.aclose()
 
     async def _listen(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
