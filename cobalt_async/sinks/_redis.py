@@ -11,7 +11,9 @@ Data model (every key of a namespace shares one hash tag, so scripts work on Clu
 The result key and its Stream entry are written by one Lua script, so a waiter that misses
 the entry finds the key, and one that misses the key gets the entry (correlation.md §6.4).
 Each process runs one listener, ``XREAD BLOCK`` from a cursor pinned before any wait
-registers; after a reconnect, and periodically, it re-reads every pending job.
+registers; after every reconnect, and periodically, it re-reads every pending job. So does
+a second task whenever a waiter's own store read failed: that waiter cannot know whether
+its outcome was stored before it registered, and the stream will not announce it again.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any, Self
 
 import anyio
 import redis.asyncio as redis
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskGroup
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import RedisError
@@ -118,6 +120,7 @@ class RedisSink(Sink):
         self._users = 0
         self._task_group: TaskGroup | None = None
         self._armed = anyio.Event()
+        self._reread = anyio.Event()
         self._reconnects = 0
 
     def __repr__(self) -> str:
@@ -131,7 +134,15 @@ class RedisSink(Sink):
     async def get_outcomes(self, job_ids: Sequence[str]) -> dict[str, Outcome]:
         if not job_ids:
             return {}
-        values = await self._call(self._redis.mget, [self._out_key(job_id) for job_id in job_ids])
+        try:
+            values = await self._call(
+                self._redis.mget, [self._out_key(job_id) for job_id in job_ids]
+            )
+        except SinkUnavailableError:
+            # A wait whose store read failed may have missed an outcome stored before it
+            # registered: have every pending job re-read once Redis answers again.
+            self._reread.set()
+            raise
         return {
             job_id: _decode(value) for job_id, value in zip(job_ids, values, strict=True) if value
         }
@@ -234,6 +245,7 @@ class RedisSink(Sink):
             self._task_group = anyio.create_task_group()
             await self._task_group.__aenter__()
             self._task_group.start_soon(self._listen)
+            self._task_group.start_soon(self._reread_when_asked)
         return self
 
     async def __aexit__(
@@ -249,6 +261,7 @@ class RedisSink(Sink):
         task_group.cancel_scope.cancel()
         await task_group.__aexit__(None, None, None)
         self._armed = anyio.Event()
+        self._reread = anyio.Event()
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -259,68 +272,103 @@ class RedisSink(Sink):
                 await asyncio.gather(*self._commands, return_exceptions=True)
             await self._redis.aclose()
 
-    async def _listen(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        listener = redis.Redis.from_url(
+    def _listener_client(self) -> redis.Redis:
+        # One dedicated connection and no retries: every disconnect reaches _listen, which
+        # throws the client away, so no reconnect can happen without a re-read after it.
+        return redis.Redis.from_url(
             self.url,
+            single_connection_client=True,
             socket_timeout=self.block_ms / 1000 + 5,
-            socket_connect_timeout=2.0,
-            # Our own reconnect loop must see every disconnect to re-read what it missed.
+            socket_connect_timeout=max(self.command_timeout, 2.0),
             retry=Retry(NoBackoff(), 0),
         )
-        try:
-            await self._listen_forever(listener)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await listener.aclose()
 
-    async def _listen_forever(self, listener: redis.Redis) -> None:
-        cursor = await self._pin_cursor(listener)
-        self._armed.set()
-        next_recheck = anyio.current_time() + self.recheck_interval
+    async def _listen(self) -> None:
+        cursor: bytes | None = None
         failures = 0
         while True:
+            listener = self._listener_client()
             try:
-                if failures:
-                    # Reconnected: whatever was published meanwhile is in the store.
+                if cursor is None:
+                    cursor = await self._pin_cursor(listener)
+                    self._armed.set()
+                else:
                     await listener.ping()
-                    await self._correlator.recheck()
+                if failures:
+                    # Reconnected: whatever the stream no longer holds is in the store.
+                    self._reconnects += 1
+                    self._reread.set()
                     failures = 0
-                cursor = await self._read(listener, cursor)
-                if anyio.current_time() >= next_recheck:
-                    next_recheck = anyio.current_time() + self.recheck_interval
-                    await self._correlator.recheck()
-            except (RedisError, OSError, SinkUnavailableError) as exc:
+                while True:
+                    cursor = await self._read(listener, cursor)
+            except Exception as exc:  # the listener must outlive any error
+                if cursor is None:
+                    # Redis is down at start: read the stream from its beginning once it is
+                    # back, which no wait registered meanwhile can fall before.
+                    cursor = b"0-0"
+                    self._armed.set()
                 failures += 1
-                self._reconnects += 1
-                logger.warning("Redis listener disconnected (%s), reconnecting", type(exc).__name__)
-                await anyio.sleep(random.uniform(0, min(2.0, 0.05 * 2**failures)))
+                if not isinstance(exc, RedisError | OSError):
+                    logger.exception("Redis listener failed, reconnecting")
+                elif failures == 1:
+                    logger.warning("Redis listener disconnected (%s), reconnecting", exc)
+                else:
+                    logger.debug("Redis listener still disconnected (%s)", exc)
+                await anyio.sleep(_backoff(failures))
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await _close_quietly(listener)
 
     async def _pin_cursor(self, listener: redis.Redis) -> bytes:
         # Everything after this id will be read: pinning it before any wait registers is
         # what makes "register, then read the store" gap-free (never use "$" later).
-        failures = 0
-        while True:
-            try:
-                last: Any = await listener.xrevrange(self._stream, "+", "-", count=1)
-                return bytes(last[0][0]) if last else b"0-0"
-            except (RedisError, OSError) as exc:
-                failures += 1
-                self._reconnects += 1
-                logger.warning("Redis unreachable at listener start (%s)", type(exc).__name__)
-                await anyio.sleep(random.uniform(0, min(2.0, 0.05 * 2**failures)))
+        last: Any = await listener.xrevrange(self._stream, "+", "-", count=1)
+        return bytes(last[0][0]) if last else b"0-0"
 
     async def _read(self, listener: redis.Redis, cursor: bytes) -> bytes:
         reply: Any = await listener.xread({self._stream: cursor}, count=500, block=self.block_ms)
         woken: list[str] = []
-        for _stream, entries in reply or ():
+        for _stream, entries in reply.items() if isinstance(reply, dict) else reply or ():
             for entry_id, fields in entries:
                 cursor = entry_id
                 job_id = fields.get(b"job", b"").decode()
                 if self._correlator.is_awaited(job_id):
                     woken.append(job_id)
         if woken:
-            await self._correlator.recheck(woken)
+            try:
+                await self._correlator.recheck(woken)
+            except SinkUnavailableError:
+                pass  # get_outcomes asked _reread_when_asked to re-read every pending job
         return cursor
+
+    async def _reread_when_asked(self) -> None:
+        # Re-read every pending job after a listener reconnect or a failed store read,
+        # retrying until Redis answers, and every recheck_interval in any case.
+        failures = 0
+        while True:
+            with anyio.move_on_after(self.recheck_interval):
+                await self._reread.wait()
+            self._reread = anyio.Event()
+            try:
+                await self._correlator.recheck()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                if not isinstance(exc, SinkUnavailableError):
+                    logger.exception("re-reading pending jobs failed")
+                self._reread.set()
+                await anyio.sleep(_backoff(failures))
+
+
+async def _close_quietly(client: redis.Redis) -> None:
+    try:
+        await client.aclose()
+    except (RedisError, OSError) as exc:
+        logger.debug("closing a Redis listener connection failed: %s", exc)
+
+
+def _backoff(failures: int) -> float:
+    return random.uniform(0, min(2.0, 0.05 * 2 ** min(failures, 6)))
 
 
 def _encode(outcome: Outcome) -> bytes:
