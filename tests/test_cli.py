@@ -408,8 +408,10 @@ def test_simulate_answers_task_posts_with_the_default_credentials_and_logs_them(
             wrong = {**COBALT_HEADERS, "client_secret": "cs_wrong"}
             assert http.post("/tasks", json=task, headers=wrong).status_code == 401
             assert simulate.expect("POST /v1/tasks") == "POST /v1/tasks -> 401"
-        assert simulate.interrupt() in (0, 130)
-        assert any("stopped" in line for line in simulate.errors)
+        status = simulate.interrupt()
+        assert status in (0, 130)  # 0 when our parent had SIGINT ignored: see below
+        if status == 130:
+            assert simulate.errors == ["cobalt-async simulate: stopped\n"]
     assert_port_closed(port)
 
 
