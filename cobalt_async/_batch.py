@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -14,6 +15,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._errors import CobaltError, JobFailedError, JobTimeoutError, RateLimitError
 from ._handles import JobHandle
+
+logger = logging.getLogger("cobalt_async.batch")
 
 R = TypeVar("R")
 H = TypeVar("H", bound=JobHandle[Any])
@@ -101,7 +104,12 @@ class _Batch(Generic[R, H]):
                 index,
                 outcome,
             )
-            self.on_progress(progress)
+            try:
+                self.on_progress(progress)
+            except Exception:
+                # A broken callback must not cost the handles of jobs Cobalt accepted:
+                # losing them invites a resubmission, that is, a duplicate EHR write.
+                logger.exception("on_progress callback failed for item %d", index)
 
     async def _submit_one(self, item: Any) -> H | CobaltError:
         try:

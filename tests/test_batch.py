@@ -416,3 +416,20 @@ async def test_an_error_raised_inside_as_completed_reaches_the_caller_unwrapped(
                 await await_each_as_completed([failing, other])
             assert raised.value.job_id == "951"
             assert env.sink.stats().pending == 0
+
+
+@pytest.mark.anyio
+async def test_a_failing_progress_callback_loses_no_handle(
+    cobalt_client: CobaltClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A callback that raises is logged; every accepted job still gets its handle."""
+
+    def explode(progress: BatchProgress) -> None:
+        raise RuntimeError("progress bar broke")
+
+    items = [{"patient_mrn": f"MRN-{n}", "description": "Call back"} for n in range(5)]
+    with anyio.fail_after(10):
+        outcomes = await cobalt_client.tasks.create_many(items, on_progress=explode)  # type: ignore[arg-type]
+
+    assert [isinstance(outcome, JobHandle) for outcome in outcomes] == [True] * 5
+    assert 5 == sum("on_progress callback failed" in r.message for r in caplog.records)
