@@ -42,8 +42,9 @@ from tests._redis_server import RedisServer
 
 try:
     import redis.asyncio as redis
+    import redis.exceptions as redis_exceptions
 
-    from cobalt_async.sinks import RedisSink
+    from cobalt_async.sinks import RedisSink, _redis
 except ImportError:
     if os.environ.get("CI") == "true":
         raise  # CI installs the redis extra: a missing one must fail, not skip
@@ -326,6 +327,40 @@ async def test_many_concurrent_waits_find_early_outcomes(
         await publisher.aclose()
 
 
+async def test_failed_store_read_is_retried_without_a_reconnect(
+    redis_server: RedisServer, redis_namespace: str
+) -> None:
+    """A waiter's store read fails while the listener stays up: its outcome, stored before
+    the cursor was pinned, is never announced again, so only a re-read can find it."""
+    publisher = RedisSink(redis_server.url, namespace=redis_namespace)
+    with anyio.fail_after(10):
+        assert await publisher.publish(event("f1")) == "accepted"
+        sink = RedisSink(redis_server.url, namespace=redis_namespace, recheck_interval=600)
+        mget = sink._redis.mget
+        failures = 0
+
+        async def failing_once(*args: Any, **kwargs: Any) -> Any:
+            nonlocal failures
+            if failures == 0:
+                failures += 1
+                raise redis_exceptions.ConnectionError("injected")
+            return await mget(*args, **kwargs)
+
+        sink._redis.mget = failing_once
+        async with sink:
+            with anyio.fail_after(5):
+                outcome = await sink.wait_for("f1", timeout=None)
+            assert outcome.event.id == "evt_ok_f1"
+            assert failures == 1
+            assert sink.stats().reconnects == 0
+        await publisher.aclose()
+
+
+def test_reconnect_backoff_is_capped_after_any_number_of_failures() -> None:
+    # 0.05 * 2**failures overflowed a float after ~1000 failures and killed the listener.
+    assert all(0 <= _redis._backoff(failures) <= 2.0 for failures in (1, 6, 1_100, 10**6))
+
+
 async def test_listener_reconnects_after_client_kill(
     redis_server: RedisServer, redis_namespace: str
 ) -> None:
@@ -392,6 +427,26 @@ async def test_redis_down_at_startup(fresh_redis_server: RedisServer, redis_name
                 await publisher.aclose()
             assert results[0].event.id == "evt_ok_s1"
             assert sink.stats().pending == 0
+
+
+async def test_backstop_runs_when_redis_is_down_from_the_start(
+    fresh_redis_server: RedisServer, redis_namespace: str
+) -> None:
+    """A wait without a timeout must not hang before the backstop while Redis is down."""
+    fresh_redis_server.kill()
+    payload = event_payload("s3")
+    sink = RedisSink(fresh_redis_server.url, namespace=redis_namespace)
+    client = client_for(
+        sink,
+        transport=cobalt(lambda job_id: [payload] if job_id == "s3" else []),
+        poll=PollPolicy(silence=0.2, max_silence=0.5),
+    )
+    with anyio.fail_after(10):
+        async with client:
+            handle = client.jobs.attach("s3", "task")
+            assert (await handle.wait(timeout=None)).id == "evt_ok_s3"
+            assert handle.resolved_via == "poll"
+        assert sink.stats().pending == 0
 
 
 # Redis down at webhook time: 503 fast, waiters keep waiting, a retry or the backstop wins.
