@@ -1,0 +1,243 @@
+"""Metric 2: webhook ingestion through ``WebhookApp``, driven by direct ASGI calls."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskGroup
+
+from cobalt_async import InMemorySink, WebhookReceiver
+from cobalt_async._types import ASGIApp, Message, Scope
+from cobalt_async.asgi import WebhookApp
+from cobalt_async.testing import make_task_created_event, signed_delivery
+
+from ._common import WEBHOOK_SECRET, Metric, Sizes, Target, gc_settled, median, until
+
+NAME = "webhook_ingest"
+TITLE = "WebhookApp (verify, parse, dedup, store, wake a waiter) vs HMAC + json.loads app"
+TARGET = Target("ratio", ">=", 0.60)
+UNIT = "events/s"
+
+# Headers as uvicorn hands them over for one of Cobalt's deliveries.
+_TRANSPORT_HEADERS = [
+    (b"host", b"127.0.0.1:8000"),
+    (b"user-agent", b"axios/1.6.8"),
+    (b"accept", b"application/json, text/plain, */*"),
+    (b"accept-encoding", b"gzip, compress, deflate, br"),
+    (b"connection", b"keep-alive"),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    job_id: str
+    body: bytes
+    scope: Scope
+
+
+def deliveries(count: int, first_job: int = 1_000_000) -> list[Delivery]:
+    """Signed ``task.created`` deliveries for consecutive job ids, with their ASGI scopes."""
+    made = []
+    for number in range(first_job, first_job + count):
+        event = make_task_created_event(
+            job_id=str(number),
+            event_id=f"evt_{number:024x}",
+            task_id=f"{number:024x}",
+            emr_task_id=f"00000000-0000-4000-8000-{number:012x}",
+            created="2025-01-01T00:00:00.000Z",
+        )
+        body, headers = signed_delivery(event, WEBHOOK_SECRET)
+        raw = [(name.encode(), value.encode()) for name, value in headers.items()]
+        raw_headers = [*_TRANSPORT_HEADERS, (b"content-length", str(len(body)).encode()), *raw]
+        scope: Scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/webhooks/cobalt",
+            "raw_path": b"/webhooks/cobalt",
+            "query_string": b"",
+            "root_path": "",
+            "headers": raw_headers,
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+        }
+        made.append(Delivery(str(number), body, scope))
+    return made
+
+
+class Exchange:
+    """One reusable request/response channel for direct ASGI calls."""
+
+    __slots__ = ("message", "statuses")
+
+    def __init__(self) -> None:
+        self.message: Message = {}
+        self.statuses: dict[int, int] = {}
+
+    async def receive(self) -> Message:
+        return self.message
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+
+
+async def drive(app: ASGIApp, items: Sequence[Delivery], exchange: Exchange) -> None:
+    """Call *app* once per delivery, as a server would, yielding to the loop in between."""
+    for item in items:
+        exchange.message = {"type": "http.request", "body": item.body, "more_body": False}
+        await app(item.scope, exchange.receive, exchange.send)
+        await anyio.lowlevel.checkpoint()
+
+
+def minimal_app(secret: str) -> ASGIApp:
+    """The least a webhook endpoint can do: check the HMAC, ``json.loads``, answer 200."""
+    key = secret.encode()
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        signature = b""
+        for name, value in scope["headers"]:
+            if name == b"cobalt-verification":
+                signature = value
+                break
+        expected = hmac.new(key, body, hashlib.sha256).hexdigest().encode()
+        status = 401
+        if hmac.compare_digest(expected, signature):
+            json.loads(body)
+            status = 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"status":"accepted"}'})
+
+    return app
+
+
+class Waiters:
+    """One task per job awaiting ``sink.wait_for``; counts those that woke."""
+
+    def __init__(self, sink: InMemorySink) -> None:
+        self.sink = sink
+        self.woken = 0
+        self.target = 0
+        self.done = anyio.Event()
+
+    def expect(self, count: int) -> None:
+        self.woken, self.target, self.done = 0, count, anyio.Event()
+
+    async def wait_one(self, job_id: str) -> None:
+        await self.sink.wait_for(job_id, timeout=None)
+        self.woken += 1
+        if self.woken >= self.target:
+            self.done.set()
+
+    async def start(self, task_group: TaskGroup, job_ids: Sequence[str]) -> None:
+        """Start a waiter per job id; return once all of them are registered."""
+        wanted = self.sink.stats().pending + len(job_ids)
+        for job_id in job_ids:
+            task_group.start_soon(self.wait_one, job_id)
+        await until(lambda: self.sink.stats().pending >= wanted, timeout=600)
+
+
+def sdk_app(max_outcomes: int) -> tuple[WebhookApp, InMemorySink]:
+    sink = InMemorySink(max_outcomes=max(max_outcomes, 10_000))
+    receiver = WebhookReceiver(sink, secrets=[WEBHOOK_SECRET])
+    return WebhookApp(receiver), sink
+
+
+async def sdk_round(items: Sequence[Delivery]) -> float:
+    """Seconds to ingest *items* with a waiter pending per job, until every waiter ran."""
+    app, sink = sdk_app(len(items))
+    waiters = Waiters(sink)
+    exchange = Exchange()
+    async with anyio.create_task_group() as task_group:
+        await waiters.start(task_group, [item.job_id for item in items])
+        waiters.expect(len(items))
+        with gc_settled():
+            started = time.process_time()
+            await drive(app, items, exchange)
+            await waiters.done.wait()
+            elapsed = time.process_time() - started
+    if exchange.statuses != {200: len(items)}:
+        raise RuntimeError(f"unexpected answers from WebhookApp: {exchange.statuses}")
+    return elapsed
+
+
+async def alone_round(items: Sequence[Delivery], *, asgi: bool) -> float:
+    """Seconds to ingest *items* with no waiter: through WebhookApp, or ``receive()`` itself."""
+    app, _sink = sdk_app(len(items))
+    exchange = Exchange()
+    with gc_settled():
+        started = time.process_time()
+        if asgi:
+            await drive(app, items, exchange)
+        else:
+            for item in items:
+                await app.receiver.receive(item.body, item.scope["headers"])
+                await anyio.lowlevel.checkpoint()
+        return time.process_time() - started
+
+
+async def baseline_round(items: Sequence[Delivery]) -> float:
+    app = minimal_app(WEBHOOK_SECRET)
+    exchange = Exchange()
+    with gc_settled():
+        started = time.process_time()
+        await drive(app, items, exchange)
+        elapsed = time.process_time() - started
+    if exchange.statuses != {200: len(items)}:
+        raise RuntimeError(f"unexpected answers from the minimal app: {exchange.statuses}")
+    return elapsed
+
+
+async def measure(sizes: Sizes) -> Metric:
+    items = deliveries(sizes.ingest_events)
+    await sdk_round(items[:200])  # warm-up: pydantic, hmac, the loop
+    await baseline_round(items[:200])
+    runs: dict[str, Callable[[], Awaitable[float]]] = {
+        "sdk": lambda: sdk_round(items),
+        "raw": lambda: baseline_round(items),
+        "app": lambda: alone_round(items, asgi=True),
+        "receive": lambda: alone_round(items, asgi=False),
+    }
+    per_event: dict[str, list[float]] = {name: [] for name in runs}
+    for index in range(sizes.ingest_rounds):
+        names = list(runs) if index % 2 == 0 else list(reversed(runs))
+        for name in names:
+            per_event[name].append(await runs[name]() / len(items))
+    sdk, raw = per_event["sdk"], per_event["raw"]
+    us = {name: median(values) * 1e6 for name, values in per_event.items()}
+    return Metric(
+        NAME,
+        TITLE,
+        1 / median(sdk),
+        1 / median(raw),
+        UNIT,
+        TARGET,
+        value_label="WebhookApp",
+        baseline_label="HMAC+json.loads app",
+        details={
+            "clock": "CPU time of this process: other processes on the machine do not count",
+            "events per round": len(items),
+            "paired rounds (order alternated)": sizes.ingest_rounds,
+            "SDK us/event": us["sdk"],
+            "baseline us/event": us["raw"],
+            "  of which receive() alone, no waiter, us/event": us["receive"],
+            "  of which ASGI framing (WebhookApp alone - receive), us/event": us["app"]
+            - us["receive"],
+            "  of which waking the waiter and running it, us/event": us["sdk"] - us["app"],
+            "ratio of medians": median(raw) / median(sdk),
+        },
+        paired_ratio=median([theirs / mine for mine, theirs in zip(sdk, raw, strict=True)]),
+    )

@@ -1,0 +1,142 @@
+"""Metric 1: submission throughput, ``client.tasks.create`` vs raw ``httpx`` POSTs."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+import httpx
+
+from cobalt_async import CobaltClient, InMemorySink
+from cobalt_async._client import DEFAULT_LIMITS
+from cobalt_async.models import TaskCreateParams, TaskCreateRequest
+
+from ._common import CREDENTIALS, Metric, Sizes, Target, median
+from ._procs import Simulator, simulator
+
+NAME = "submit_throughput"
+TITLE = "client.tasks.create vs raw httpx POST, same fake server in another process"
+TARGET = Target("ratio", ">=", 0.90)
+UNIT = "req/s"
+
+TASK: TaskCreateParams = {
+    "patient_mrn": "MRN-12345",
+    "description": "Schedule a follow-up to review recent labs.",
+}
+RAW_HEADERS: dict[str, str] = {
+    "client_id": CREDENTIALS["client_id"],
+    "client_secret": CREDENTIALS["client_secret"],
+    "access_token": CREDENTIALS["access_token"],
+    "accept": "application/json",
+    "content-type": "application/json",
+}
+
+Op = Callable[[], Awaitable[object]]
+
+
+def raw_body() -> bytes:
+    """The body the SDK sends for ``TASK``, byte for byte."""
+    body = TaskCreateRequest.model_validate(TASK).model_dump_json(exclude_none=True).encode()
+    assert json.loads(body) == TASK
+    return body
+
+
+def sdk_client(base_url: str) -> CobaltClient:
+    return CobaltClient(**CREDENTIALS, base_url=base_url, sink=InMemorySink(), max_retries=0)
+
+
+def sdk_op(client: CobaltClient) -> Op:
+    async def create() -> object:
+        return await client.tasks.create(**TASK)
+
+    return create
+
+
+def raw_op(http: httpx.AsyncClient, base_url: str) -> Op:
+    url, body = f"{base_url}/tasks", raw_body()
+
+    async def post() -> object:
+        response = await http.post(url, content=body, headers=RAW_HEADERS)
+        response.raise_for_status()
+        return json.loads(response.content)["job_id"]
+
+    return post
+
+
+async def run_round(op: Op, requests: int, concurrency: int) -> tuple[float, float]:
+    """Send *requests* with *concurrency* in flight; ``(requests/s, client CPU s/request)``."""
+    remaining = requests
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await op()
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    async with anyio.create_task_group() as task_group:
+        for _ in range(concurrency):
+            task_group.start_soon(worker)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return requests / wall, cpu / requests
+
+
+async def measure(sizes: Sizes) -> Metric:
+    with simulator(cli=sizes.cli_simulator) as server:
+        return await _measure(sizes, server)
+
+
+async def _measure(sizes: Sizes, server: Simulator) -> Metric:
+    n, concurrency = sizes.submit_requests, sizes.submit_concurrency
+    rates: dict[str, list[float]] = {"sdk": [], "raw": []}
+    cpus: dict[str, list[float]] = {"sdk": [], "raw": []}
+    pair_ratios: list[float] = []
+    server_cpu_start = server.cpu_seconds()
+    started = time.perf_counter()
+    async with (
+        sdk_client(server.url) as client,
+        httpx.AsyncClient(limits=DEFAULT_LIMITS, timeout=30.0) as http,
+    ):
+        ops = {"sdk": sdk_op(client), "raw": raw_op(http, server.url)}
+        for op in ops.values():  # warm-up: connections, imports, caches
+            await run_round(op, min(n, 100), concurrency)
+        for index in range(sizes.submit_rounds):
+            # Alternate which goes first, so neither always runs on a warmer server.
+            order = ("sdk", "raw") if index % 2 == 0 else ("raw", "sdk")
+            result = {}
+            for kind in order:
+                result[kind] = await run_round(ops[kind], n, concurrency)
+                rates[kind].append(result[kind][0])
+                cpus[kind].append(result[kind][1])
+            pair_ratios.append(result["sdk"][0] / result["raw"][0])
+    elapsed = time.perf_counter() - started
+    server_cpu_end = server.cpu_seconds()
+    details: dict[str, object] = {
+        "paired rounds (order alternated)": sizes.submit_rounds,
+        "requests per round": n,
+        "concurrency": concurrency,
+        "simulator": "python -m cobalt_async simulate"
+        if sizes.cli_simulator
+        else "bench._simserver (FakeCobalt, uvicorn, TCP_NODELAY)",
+        "ratio of medians": median(rates["sdk"]) / median(rates["raw"]),
+        "client CPU us/request SDK": median(cpus["sdk"]) * 1e6,
+        "client CPU us/request raw": median(cpus["raw"]) * 1e6,
+        "client CPU ratio raw/SDK": median(cpus["raw"]) / median(cpus["sdk"]),
+    }
+    if server_cpu_start is not None and server_cpu_end is not None:
+        # Near 1.0 the server is the bottleneck and the throughput ratio is compressed.
+        details["simulator CPU utilisation"] = (server_cpu_end - server_cpu_start) / elapsed
+    return Metric(
+        NAME,
+        TITLE,
+        median(rates["sdk"]),
+        median(rates["raw"]),
+        UNIT,
+        TARGET,
+        value_label="SDK",
+        baseline_label="raw httpx",
+        details=details,
+        paired_ratio=median(pair_ratios),
+    )
