@@ -1,0 +1,141 @@
+"""Metric 3: memory per pending handle (tracemalloc), net of a task awaiting a bare Event."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+from collections.abc import Awaitable, Callable, Sequence
+
+import anyio
+import httpx
+
+from cobalt_async import CobaltClient, InMemorySink, PollPolicy
+
+from ._common import CREDENTIALS, Metric, Sizes, Target, until
+
+NAME = "memory_per_handle"
+TITLE = "bytes per pending handle awaited in a task, net of a task awaiting a bare anyio.Event"
+TARGET = Target("value", "<=", 1024)
+UNIT = "B/handle"
+
+# No backstop poll may fire while the measurement runs (it could take longer than 20 s).
+_NO_POLL = PollPolicy(silence=3600.0, max_silence=3600.0)
+
+Starter = Callable[[Sequence[str], anyio.abc.TaskGroup], Awaitable[Callable[[], None]]]
+
+
+def _unreachable(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"the memory benchmark sent {request.method} {request.url}")
+
+
+async def _traced(count: int, start: Starter) -> float:
+    """Bytes per waiter that *start* leaves allocated while its waiters are all pending."""
+    job_ids = [str(10_000_000 + index) for index in range(count)]  # before: not counted
+    async with anyio.create_task_group() as task_group:
+        gc.collect()
+        # Collections would only slow the set-up down: everything stays reachable anyway.
+        gc.disable()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            release = await start(job_ids, task_group)
+            gc.collect()
+            during = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+            gc.enable()
+        release()
+    return (during - before) / count
+
+
+async def start_events(
+    job_ids: Sequence[str], task_group: anyio.abc.TaskGroup
+) -> Callable[[], None]:
+    """The baseline: one task per job awaiting its own ``anyio.Event``."""
+    events: list[anyio.Event] = []
+    parked = 0
+
+    async def park(event: anyio.Event) -> None:
+        nonlocal parked
+        parked += 1
+        await event.wait()
+
+    for _ in job_ids:
+        event = anyio.Event()
+        events.append(event)
+        task_group.start_soon(park, event)
+    await until(lambda: parked == len(job_ids), interval=0.005, timeout=600)
+    await anyio.sleep(0.01)  # every task is past its first step and parked in wait()
+
+    def release() -> None:
+        for event in events:
+            event.set()
+
+    return release
+
+
+def _client(sink: InMemorySink) -> CobaltClient:
+    return CobaltClient(
+        **CREDENTIALS,
+        sink=sink,
+        transport=httpx.MockTransport(_unreachable),
+        poll=_NO_POLL,
+        job_timeout=None,
+    )
+
+
+async def start_handles(
+    job_ids: Sequence[str], task_group: anyio.abc.TaskGroup
+) -> Callable[[], None]:
+    """The SDK: one ``JobHandle`` per job, awaited with ``handle.wait()`` in its own task."""
+    sink = InMemorySink()
+    client = _client(sink)
+
+    async def park(job_id: str) -> None:
+        handle = client.jobs.attach(job_id, "task")
+        await handle.wait(timeout=None)
+
+    for job_id in job_ids:
+        task_group.start_soon(park, job_id)
+    await until(lambda: sink.stats().pending == len(job_ids), interval=0.005, timeout=600)
+    await anyio.sleep(0.01)  # every waiter has read the store and sleeps
+    return task_group.cancel_scope.cancel
+
+
+async def start_sink_waits(
+    job_ids: Sequence[str], task_group: anyio.abc.TaskGroup
+) -> Callable[[], None]:
+    """The sink alone: ``sink.wait_for(job_id, timeout=None)`` in a task per job."""
+    sink = InMemorySink()
+
+    async def park(job_id: str) -> None:
+        await sink.wait_for(job_id, timeout=None)
+
+    for job_id in job_ids:
+        task_group.start_soon(park, job_id)
+    await until(lambda: sink.stats().pending == len(job_ids), interval=0.005, timeout=600)
+    await anyio.sleep(0.01)
+    return task_group.cancel_scope.cancel
+
+
+async def measure(sizes: Sizes) -> Metric:
+    count = sizes.memory_handles
+    baseline = await _traced(count, start_events)
+    handles = await _traced(count, start_handles)
+    sink_only = await _traced(count, start_sink_waits)
+    return Metric(
+        NAME,
+        TITLE,
+        handles - baseline,
+        baseline,
+        UNIT,
+        TARGET,
+        value_label="SDK structures per handle (net)",
+        baseline_label="task awaiting anyio.Event",
+        details={
+            "pending handles": count,
+            "absolute per handle, task included": handles,
+            "sink.wait_for alone, net of baseline": sink_only - baseline,
+            "sink.wait_for alone, task included": sink_only,
+        },
+    )
