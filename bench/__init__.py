@@ -1,0 +1,30 @@
+"""
+Benchmarks of cobalt_async that print ratios, not just times.
+
+Absolute times on a shared machine are noise, so every metric is measured next to a
+baseline in the same run (alternated or interleaved with it, medians taken) and printed with
+their ratio, its target and PASS/FAIL::
+
+    python -m bench                    # the full run (a few minutes)
+    python -m bench --quick            # smaller sizes, under 60 s
+    python -m bench --json             # one JSON object per metric per line
+    python -m bench --only ingest,wakeup
+    python -m bench --profile [--profile-dir DIR]   # profiles of the hot paths
+
+Metrics (short names for ``--only``):
+
+- ``submit``: ``client.tasks.create`` vs raw ``httpx`` POSTs (same headers and body) against
+  the simulator in its own process; requests/s, target ratio >= 0.90.
+- ``ingest``: ``WebhookApp`` (verify, parse, dedup, store, wake a pending waiter) driven by
+  direct ASGI calls vs an app that only checks the HMAC and calls ``json.loads``; events/s
+  (CPU time), target ratio >= 0.60.
+- ``memory``: tracemalloc bytes per pending awaited handle, net of a task awaiting a bare
+  ``anyio.Event``; target <= 1 KiB.
+- ``wakeup``: ``receive()`` returning -> the code after ``await handle`` running, in-process,
+  vs ``anyio.Event``; p99 target <= 1 ms.
+- ``wakeup_redis``: the same across processes through ``RedisSink`` (a private redis-server),
+  vs raw redis-py ``XADD`` -> ``XREAD BLOCK``; p99 target <= 5 ms.
+- ``scaling``: CPU per resolved event with 100,000 pending handles / with 1,000; <= 1.3.
+- ``requests``: HTTP requests per resolved job for a 30 s job with webhooks (counted at the
+  fake, time scaled) vs Cobalt's 1-second polling helper; target exactly 1.0.
+"""
