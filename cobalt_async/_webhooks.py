@@ -92,10 +92,15 @@ class _Verifier:
             return _RAW
         try:
             parsed = json.loads(body)
-        except ValueError:
-            parsed = _RAW
-        if parsed is not _RAW and self._matches(compact_json(parsed), expected):
-            return parsed
+            compact = compact_json(parsed)
+        except (ValueError, RecursionError):
+            # Not JSON, nested past the recursion limit, or a lone surrogate that UTF-8
+            # cannot encode: no compact form was signed, and an unsigned body must get a
+            # 401, not crash the receiver.
+            pass
+        else:
+            if self._matches(compact, expected):
+                return parsed
         msg = f"{SIGNATURE_HEADER} does not match: wrong secret, or the body was altered"
         raise WebhookVerificationError(msg)
 
