@@ -83,9 +83,44 @@ async def run_round(op: Op, requests: int, concurrency: int) -> tuple[float, flo
     return requests / wall, cpu / requests
 
 
+_ACCEPTED = json.dumps(
+    {"success": True, "message": "Task processing.", "task_id": "a1b2c3", "job_id": 12345}
+).encode()
+
+
+def _accept(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, content=_ACCEPTED, headers={"content-type": "application/json"})
+
+
+async def offline_overhead(requests: int, rounds: int) -> tuple[float, float]:
+    """
+    CPU seconds per create, SDK and raw, through an ``httpx.MockTransport``: no sockets, no
+    server, so the SDK's own work (validation, serialisation, handle) stands out.
+    """
+    transport = httpx.MockTransport(_accept)
+    base_url = "http://cobalt.test/v1"
+    client = CobaltClient(
+        **CREDENTIALS, base_url=base_url, transport=transport, sink=InMemorySink()
+    )
+    async with client, httpx.AsyncClient(transport=transport) as http:
+        ops = {"sdk": sdk_op(client), "raw": raw_op(http, base_url)}
+        cpus: dict[str, list[float]] = {"sdk": [], "raw": []}
+        for op in ops.values():
+            await run_round(op, min(requests, 200), 1)
+        for index in range(rounds):
+            for kind in ("sdk", "raw") if index % 2 == 0 else ("raw", "sdk"):
+                cpus[kind].append((await run_round(ops[kind], requests, 1))[1])
+    return median(cpus["sdk"]), median(cpus["raw"])
+
+
 async def measure(sizes: Sizes) -> Metric:
     with simulator(cli=sizes.cli_simulator) as server:
-        return await _measure(sizes, server)
+        metric = await _measure(sizes, server)
+    offline_sdk, offline_raw = await offline_overhead(sizes.submit_requests, 5)
+    metric.details["no network (MockTransport): CPU us/create SDK"] = offline_sdk * 1e6
+    metric.details["no network (MockTransport): CPU us/POST raw"] = offline_raw * 1e6
+    metric.details["SDK's own CPU per create, us"] = (offline_sdk - offline_raw) * 1e6
+    return metric
 
 
 async def _measure(sizes: Sizes, server: Simulator) -> Metric:
