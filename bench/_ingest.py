@@ -14,7 +14,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from cobalt_async import InMemorySink, WebhookReceiver
+from cobalt_async import CobaltClient, InMemorySink, WebhookReceiver
 from cobalt_async._types import ASGIApp, Message, Scope
 from cobalt_async.asgi import WebhookApp
 from cobalt_async.testing import make_task_created_event, signed_delivery
@@ -125,10 +125,11 @@ def minimal_app(secret: str) -> ASGIApp:
 
 
 class Waiters:
-    """One task per job awaiting ``sink.wait_for``; counts those that woke."""
+    """One task per job awaiting ``sink.wait_for`` (or a handle); counts those that woke."""
 
-    def __init__(self, sink: InMemorySink) -> None:
+    def __init__(self, sink: InMemorySink, client: CobaltClient | None = None) -> None:
         self.sink = sink
+        self.client = client
         self.woken = 0
         self.target = 0
         self.done = anyio.Event()
@@ -137,7 +138,10 @@ class Waiters:
         self.woken, self.target, self.done = 0, count, anyio.Event()
 
     async def wait_one(self, job_id: str) -> None:
-        await self.sink.wait_for(job_id, timeout=None)
+        if self.client is None:
+            await self.sink.wait_for(job_id, timeout=None)
+        else:
+            await self.client.jobs.attach(job_id, "task").wait(timeout=None)
         self.woken += 1
         if self.woken >= self.target:
             self.done.set()

@@ -7,26 +7,44 @@ import time
 from collections.abc import Sequence
 
 import anyio
+import httpx
 from anyio.abc import TaskGroup
 
+from cobalt_async import CobaltClient, PollPolicy
 from cobalt_async.asgi import WebhookApp
 
-from ._common import Metric, Sizes, Target, median
+from ._common import CREDENTIALS, Metric, Sizes, Target, median
 from ._ingest import Delivery, Exchange, Waiters, deliveries, drive, sdk_app
 
 NAME = "scaling"
-TITLE = "cost per resolved event (WebhookApp + wake) with many pending handles / with few"
+TITLE = "CPU per resolved event (WebhookApp + `await handle` resuming), many pending handles / few"
 TARGET = Target("ratio", "<=", 1.3)
 UNIT = "us/event"
 
 
+def _unreachable(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"the scaling benchmark sent {request.method} {request.url}")
+
+
 class _Bench:
-    """One WebhookApp whose sink keeps *pending* waiters pending while events resolve."""
+    """
+    One WebhookApp whose sink keeps *pending* handles awaited while events resolve.
+
+    Each handle is awaited as users do, ``await handle.wait()``, so each waiter also holds
+    a backstop timer (the first poll is an hour away: none fires while this runs).
+    """
 
     def __init__(self, pending: int, events: int, label: str) -> None:
         self.app: WebhookApp
         self.app, sink = sdk_app(events * 64)
-        self.waiters = Waiters(sink)
+        client = CobaltClient(
+            **CREDENTIALS,
+            sink=sink,
+            transport=httpx.MockTransport(_unreachable),
+            poll=PollPolicy(silence=3600.0, max_silence=3600.0),
+            job_timeout=None,
+        )
+        self.waiters = Waiters(sink, client)
         self.bystanders = pending - events
         self.label = label
         self.exchange = Exchange()
