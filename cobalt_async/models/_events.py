@@ -101,7 +101,8 @@ class UnknownEvent(_Envelope):
     @model_validator(mode="before")
     @classmethod
     def _keep_raw(cls, value: Any) -> Any:
-        if isinstance(value, Mapping) and "raw" not in value:
+        # Always the whole payload, even one with a "raw" member of its own.
+        if isinstance(value, Mapping):
             return {**value, "raw": dict(value)}
         return value
 
@@ -119,7 +120,7 @@ _TERMINAL_TYPES = FAILURE_TYPES | {"task.created", "task_note.created"}
 
 def _event_tag(value: Any) -> str:
     kind = value.get("type") if isinstance(value, Mapping) else getattr(value, "type", None)
-    return kind if kind in _TERMINAL_TYPES else "unknown"
+    return kind if isinstance(kind, str) and kind in _TERMINAL_TYPES else "unknown"
 
 
 _AnyEvent = Annotated[
