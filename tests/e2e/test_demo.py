@@ -15,13 +15,13 @@ TIMEOUT = 90.0
 SUMMARY_KEYS = {"submitted", "succeeded", "failed", "lost", "resolved_via", "wall_s"}
 
 
-def run_demo(*flags: str) -> tuple[int, dict[str, Any]]:
+def run_demo(*flags: str, timeout: float = TIMEOUT) -> tuple[int, dict[str, Any]]:
     """Run the demo with ``--json``; returns its exit status and the summary object."""
     result = subprocess.run(
         [sys.executable, "-m", "cobalt_async", "demo", "--json", *flags],
         capture_output=True,
         text=True,
-        timeout=TIMEOUT,
+        timeout=timeout,
         check=False,
     )
     lines = result.stdout.strip().splitlines()
@@ -78,3 +78,23 @@ def test_demo_exits_1_and_names_the_jobs_it_lost() -> None:
     assert len(summary["lost_job_ids"]) == 5
     assert summary["succeeded"] == summary["failed"] == 0
     assert_accounted_for(summary)
+
+
+@pytest.mark.timeout(600)
+def test_demo_chaos_5000_tasks_loses_nothing() -> None:
+    """5,000 tasks under every fault at once, HTTP errors on deliveries included: none lost."""
+    status, summary = run_demo(
+        *("--tasks", "5000", "--duplicate-rate", "0.1", "--early-rate", "0.1"),
+        *("--drop-rate", "0.05", "--failure-rate", "0.05", "--http-error-rate", "0.05"),
+        *("--seed", "11", "--timeout", "400"),
+        timeout=500,
+    )
+
+    assert summary["lost"] == 0, summary.get("lost_job_ids")
+    assert status == 0
+    assert_accounted_for(summary)
+    assert summary["failed"] == summary["failed_expected"] > 0
+    assert summary["rejected"] == 0
+    assert summary["resolved_via"]["poll"] >= summary["webhooks_dropped"] > 0
+    # A note for each task that succeeded (about 95% of them), none for the others.
+    assert 5000 + 0.9 * 5000 < summary["submitted"] < 2 * 5000
