@@ -128,7 +128,9 @@ async def measure(sizes: Sizes) -> Metric:
         details={
             "jobs per scenario": jobs,
             "time scale (real s per simulated s)": unit,
-            "SDK backstop GETs per job (first after 20 s of silence)": backstops / jobs,
+            f"SDK backstop GETs per job (first after {PollPolicy().silence:g} s of silence)": (
+                backstops / jobs
+            ),
             "SDK with webhooks, 50 ms job latency": short,
             "SDK without a sink (polling, default PollPolicy), 30 s job": polling,
             "Cobalt helper simulated, 30 s job": helper,

@@ -38,8 +38,8 @@ class PollPolicy:
     interval: float = 1.0
     max_interval: float = 10.0
     backoff: float = 1.5
-    silence: float = 20.0
-    max_silence: float = 60.0
+    silence: float = 60.0
+    max_silence: float = 120.0
 
     def __post_init__(self) -> None:
         # Negated comparisons, so that NaN (which compares false) is refused too.

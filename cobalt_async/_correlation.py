@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 import anyio
@@ -118,15 +119,20 @@ class Correlator:
         # The deadline starts now and also bounds arming and the store read: a sink that
         # hangs must not stretch the wait past its timeout.
         deadline = math.inf if timeout is None else anyio.current_time() + timeout
-        with anyio.move_on_at(deadline):
+        with self._bounded(deadline):
             await self._sink.armed()
         slot = self._register(job_id, backstop, policy, webhooks_expected)
         try:
             if slot.outcome is None:
-                with anyio.move_on_at(deadline):
+                with self._bounded(deadline):
                     await self._read_store(job_id)
             while slot.outcome is None:
-                await self._sleep(slot, min(deadline, self._next_look(slot, backstop)))
+                until = min(deadline, self._next_look(slot, backstop))
+                if until == math.inf:
+                    await slot.ready.wait()
+                else:
+                    with anyio.move_on_at(until):
+                        await slot.ready.wait()
                 if slot.outcome is not None:
                     break
                 now = anyio.current_time()
@@ -176,10 +182,11 @@ class Correlator:
             # The sink will be re-read on reconnect, and the backstop still polls Cobalt.
             logger.warning("store read for job %s failed, waiting on: %s", job_id, exc)
 
-    @staticmethod
-    async def _sleep(slot: _Slot, until: float) -> None:
-        with anyio.move_on_after(max(0.0, until - anyio.current_time())):
-            await slot.ready.wait()
+    def _bounded(self, deadline: float) -> AbstractContextManager[object]:
+        # A store in this process answers at once: no cancel scope (and its timer) needed.
+        if self._sink.stores_in_process or deadline == math.inf:
+            return nullcontext()
+        return anyio.move_on_at(deadline)
 
     async def _poll(
         self,

@@ -108,17 +108,30 @@ class _Verifier:
 _RAW: Any = object()
 
 
-def _header(headers: Headers, name: str) -> str | None:
-    if isinstance(headers, Mapping):
-        for key, value in headers.items():
-            if key.lower() == name:
-                return value
-        return None
-    for key, value in headers:
-        key_text = key.decode("latin-1") if isinstance(key, bytes) else key
-        if key_text.lower() == name:
-            return value.decode("latin-1") if isinstance(value, bytes) else value
-    return None
+_WANTED: dict[str | bytes, int] = {
+    SIGNATURE_HEADER: 0,
+    DELIVERY_ID_HEADER: 1,
+    SIGNATURE_HEADER.encode(): 0,
+    DELIVERY_ID_HEADER.encode(): 1,
+}
+
+
+def _signature_and_delivery_id(headers: Headers) -> tuple[str | None, str | None]:
+    """Both headers Cobalt's deliveries carry, in one pass; names are case-insensitive."""
+    found: list[str | bytes | None] = [None, None]
+    # ASGI's list of byte pairs is the hot path: test for it before the (slow) ABC check.
+    pairs = headers if type(headers) is list or not isinstance(headers, Mapping) else (
+        headers.items()
+    )
+    for key, value in pairs:
+        slot = _WANTED.get(key.lower())
+        if slot is not None and found[slot] is None:
+            found[slot] = value
+    return _text(found[0]), _text(found[1])
+
+
+def _text(value: str | bytes | None) -> str | None:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 def verify_webhook(body: bytes, headers: Headers, secrets: Sequence[str]) -> Event:
@@ -128,7 +141,7 @@ def verify_webhook(body: bytes, headers: Headers, secrets: Sequence[str]) -> Eve
     Raises:
         WebhookVerificationError: The signature is missing or wrong, or the body is not an event.
     """
-    parsed = _Verifier(secrets).verify(body, _header(headers, SIGNATURE_HEADER))
+    parsed = _Verifier(secrets).verify(body, _signature_and_delivery_id(headers)[0])
     try:
         return parse_event(body if parsed is _RAW else parsed)
     except ValidationError as exc:
@@ -179,14 +192,14 @@ class WebhookReceiver:
         With ``dispatch=False`` the *on_event* hook is not run; call :meth:`dispatch` later
         (the ASGI app does, after answering).
         """
-        if not isinstance(body, bytes | bytearray | memoryview):
+        if type(body) is not bytes and not isinstance(body, bytearray | memoryview):
             msg = (
                 "receive() needs the raw request body as bytes, not "
                 f"{type(body).__name__}: a parsed and re-serialised body may not match "
                 "the bytes Cobalt signed"
             )
             raise TypeError(msg)
-        receipt = await self._ingest(bytes(body), headers)
+        receipt = await self._ingest(body if type(body) is bytes else bytes(body), headers)
         if dispatch:
             await self.dispatch(receipt)
         return receipt
@@ -194,8 +207,9 @@ class WebhookReceiver:
     async def _ingest(self, body: bytes, headers: Headers) -> Receipt:
         if len(body) > self.max_body_bytes:
             return Receipt(413, "too_large", f"body over {self.max_body_bytes} bytes")
+        signature, delivery_id = _signature_and_delivery_id(headers)
         try:
-            parsed = self._verifier.verify(body, _header(headers, SIGNATURE_HEADER))
+            parsed = self._verifier.verify(body, signature)
         except WebhookVerificationError as exc:
             logger.warning("webhook refused: %s", exc)
             return Receipt(401, "unauthorized", str(exc))
@@ -203,12 +217,15 @@ class WebhookReceiver:
             event = parse_event(body if parsed is _RAW else parsed)
         except ValidationError:
             return Receipt(400, "invalid", "the signed body is not a Cobalt event")
-        return await self._publish(event, _header(headers, DELIVERY_ID_HEADER))
+        return await self._publish(event, delivery_id)
 
     async def _publish(self, event: Event, delivery_id: str | None) -> Receipt:
         try:
-            with anyio.fail_after(self.publish_timeout):
+            if getattr(self.sink, "stores_in_process", False):
                 result = await self.sink.publish(event, delivery_id=delivery_id)
+            else:
+                with anyio.fail_after(self.publish_timeout):
+                    result = await self.sink.publish(event, delivery_id=delivery_id)
         except (SinkUnavailableError, TimeoutError) as exc:
             logger.error("webhook for job %s not stored, answering 503: %s", event.job_id, exc)
             return Receipt(503, "unavailable", "the sink could not store the event", event)

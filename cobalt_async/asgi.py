@@ -11,9 +11,9 @@ It needs no web framework: only the ASGI protocol.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
-from contextlib import aclosing
+from collections.abc import Iterable
 
 from ._types import Receive, Scope, Send
 from ._webhooks import WebhookReceiver
@@ -58,8 +58,7 @@ class WebhookApp:
             await _send_too_large(send)
             return
         try:
-            async with aclosing(_chunks(receive)) as chunks:
-                body = await _read_limited(chunks, limit)
+            body = await _read_body(receive, limit)
         except _Disconnected:
             return  # Cobalt hung up; it retries on its own schedule.
         if body is None:
@@ -75,24 +74,18 @@ class _Disconnected(Exception):
     """The client went away before the whole body arrived."""
 
 
-async def _chunks(receive: Receive) -> AsyncGenerator[bytes, None]:
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """Collect a body; ``None`` as soon as it passes *limit*, without reading the rest."""
+    body = bytearray()
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _Disconnected
-        yield message.get("body", b"")
-        if not message.get("more_body", False):
-            return
-
-
-async def _read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes | None:
-    """Collect a body; ``None`` as soon as it passes *limit*, without reading the rest."""
-    body = bytearray()
-    async for chunk in chunks:
-        body += chunk
+        body += message.get("body", b"")
         if len(body) > limit:
             return None
-    return bytes(body)
+        if not message.get("more_body", False):
+            return bytes(body)
 
 
 def _too_large(headers: _RawHeaders, limit: int) -> bool:
@@ -106,6 +99,7 @@ def _too_large(headers: _RawHeaders, limit: int) -> bool:
     return False
 
 
+@functools.cache
 def _status_body(outcome: str) -> bytes:
     """The answer to a delivery: only the outcome, never the body or a secret."""
     return json.dumps({"status": outcome}, separators=(",", ":")).encode()

@@ -37,7 +37,7 @@ from ._client import CobaltClient
 from ._config import NOT_GIVEN, NotGiven, PollPolicy
 from ._errors import ConfigurationError
 from ._webhooks import DEFAULT_MAX_BODY_BYTES, EventHook, WebhookReceiver
-from .asgi import _read_limited, _too_large
+from .asgi import _too_large
 from .sinks import InMemorySink, Sink
 
 __all__ = [
@@ -287,6 +287,16 @@ def webhook_router(path: str = "/webhooks/cobalt", *, include_in_schema: bool = 
         response_class=JSONResponse,
     )
     return router
+
+
+async def _read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes | None:
+    """Collect a body; ``None`` as soon as it passes *limit*, without reading the rest."""
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 async def _receive_webhook(request: Request) -> Response:

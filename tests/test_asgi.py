@@ -189,6 +189,8 @@ class FailingSink(InMemorySink):
 class SlowSink(InMemorySink):
     """A sink whose store hangs."""
 
+    stores_in_process = False  # it waits on a (hanging) store, as RedisSink does
+
     async def publish(
         self, event: Event, *, delivery_id: str | None = None, via: str = "webhook"
     ) -> PublishResult:

@@ -82,14 +82,14 @@ class TestPollPolicy:
         assert delays == [1.0, 2.0, 4.0, 5.0, 5.0]
 
     def test_silence_grows_up_to_max_silence(self) -> None:
-        """With webhooks: the default backstop waits 20 s, backing off to 60 s."""
+        """With webhooks: the default backstop waits 60 s, backing off to 120 s."""
         policy = PollPolicy()
         delay = policy.first_delay(webhooks_expected=True)
         delays = [delay]
         for _ in range(4):
             delay = policy.next_delay(delay, webhooks_expected=True)
             delays.append(delay)
-        assert delays == [20.0, 30.0, 45.0, 60.0, 60.0]
+        assert delays == [60.0, 90.0, 120.0, 120.0, 120.0]
 
     def test_backoff_of_one_keeps_a_fixed_interval(self) -> None:
         """backoff=1 polls at a constant pace."""

@@ -126,6 +126,8 @@ class UnavailableSink(InMemorySink):
 class HangingSink(InMemorySink):
     """A sink whose store never answers."""
 
+    stores_in_process = False  # it waits on a (never-answering) store, as RedisSink does
+
     def __init__(self) -> None:
         super().__init__()
         self.entered = anyio.Event()

@@ -119,7 +119,10 @@ _TERMINAL_TYPES = FAILURE_TYPES | {"task.created", "task_note.created"}
 
 
 def _event_tag(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, Mapping) else getattr(value, "type", None)
+    if type(value) is dict or isinstance(value, Mapping):
+        kind = value.get("type")
+    else:
+        kind = getattr(value, "type", None)
     return kind if isinstance(kind, str) and kind in _TERMINAL_TYPES else "unknown"
 
 
@@ -148,7 +151,8 @@ def parse_event(payload: bytes | str | Mapping[str, Any]) -> Event:
 
 def is_terminal(event: Event) -> bool:
     """Whether *event* settles a job: a known task or task-note outcome with a ``job_id``."""
-    return event.job_id is not None and not isinstance(event, UnknownEvent)
+    # By type name: pydantic's isinstance() on model classes is slow on this hot path.
+    return event.job_id is not None and event.type in _TERMINAL_TYPES
 
 
 def event_from_record(record: Mapping[str, Any]) -> Event:

@@ -5,7 +5,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, Self, TypeAlias
+from typing import ClassVar, Literal, Self, TypeAlias
 
 from .._config import DEFAULT_POLL_POLICY, PollPolicy
 from .._correlation import Backstop, Correlator, Outcome
@@ -56,6 +56,13 @@ class Sink(abc.ABC):
 
     A sink's store is the truth: the first terminal event per job_id wins, and stays
     readable until its TTL, whoever waits and whenever. Wake-ups are only hints.
+    """
+
+    stores_in_process: ClassVar[bool] = False
+    """
+    Whether publishing never waits on I/O, so a receiver needs no deadline around it.
+
+    Only ``InMemorySink`` sets it; a subclass that stores remotely must set it back to False.
     """
 
     def __init__(self) -> None:

@@ -36,6 +36,8 @@ class InMemorySink(Sink):
     *max_outcomes* pushes it out. It cannot serve several workers or pods: use ``RedisSink``.
     """
 
+    stores_in_process = True
+
     def __init__(
         self,
         *,
@@ -78,7 +80,8 @@ class InMemorySink(Sink):
             return stored.outcome
         awaited = self._correlator.is_awaited(job_id)
         self._outcomes[job_id] = _Stored(outcome, now + self.outcome_ttl, awaited)
-        self._purge()
+        if len(self._outcomes) > self.max_outcomes:
+            self._purge()
         return None
 
     async def _first_seen(self, key: str) -> bool:
@@ -86,7 +89,8 @@ class InMemorySink(Sink):
         if key in self._seen:
             return False
         self._seen[key] = now + self.dedup_ttl
-        self._purge()
+        if len(self._seen) > self.max_dedup_ids:
+            self._purge()
         return True
 
     def _store_stats(self) -> tuple[int, int, int]:
