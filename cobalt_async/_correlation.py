@@ -142,9 +142,10 @@ class Correlator:
                     await self._poll(job_id, slot, backstop, policy, webhooks_expected)
                 if final and slot.outcome is None:
                     raise JobTimeoutError(job_id, timeout or 0.0)
-            return slot.outcome
         finally:
             self._release(job_id, slot)
+        await self._forget(job_id)
+        return slot.outcome
 
     def _register(
         self, job_id: str, backstop: Backstop | None, policy: PollPolicy, webhooks_expected: bool
@@ -174,6 +175,12 @@ class Correlator:
             # rather than spinning, in case that waiter is cancelled mid-poll.
             return anyio.current_time() + slot.delay
         return slot.next_poll
+
+    async def _forget(self, job_id: str) -> None:
+        try:
+            await self._sink.remove_pending(job_id)
+        except SinkUnavailableError as exc:
+            logger.warning("job %s not removed from the pending registry: %s", job_id, exc)
 
     async def _read_store(self, job_id: str) -> None:
         try:

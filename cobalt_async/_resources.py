@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, overload
 
@@ -151,19 +151,19 @@ class Jobs:
         """Submitted jobs whose outcome no process read yet (durable sinks only)."""
         return await self._sink.list_pending()
 
-    async def wait_for(self, job_id: str, timeout: float | None | NotGiven) -> Outcome:
+    def wait_for(
+        self, job_id: str, timeout: float | None | NotGiven
+    ) -> Coroutine[Any, Any, Outcome]:
         if self._requester.closed and not self._webhooks_expected:
             msg = "the CobaltClient is closed and has no sink: nothing can resolve this job"
             raise ClientClosedError(msg)
-        outcome = await self._sink.wait_for(
+        return self._sink.wait_for(
             job_id,
             timeout=self._job_timeout if isinstance(timeout, NotGiven) else timeout,
             backstop=self._poll,
             policy=self._poll_policy,
             webhooks_expected=self._webhooks_expected,
         )
-        await self._forget(job_id)
-        return outcome
 
     async def track(self, handle: JobHandle[Any]) -> None:
         """Record a new job in the sink's pending registry; a sink outage loses nothing."""
@@ -172,12 +172,6 @@ class Jobs:
             await self._sink.add_pending(job)
         except SinkUnavailableError as exc:
             logger.warning("job %s not recorded as pending: %s", handle.job_id, exc)
-
-    async def _forget(self, job_id: str) -> None:
-        try:
-            await self._sink.remove_pending(job_id)
-        except SinkUnavailableError as exc:
-            logger.warning("job %s not removed from the pending registry: %s", job_id, exc)
 
     async def _poll(self, job_id: str) -> JobEvent | None:
         if self._requester.closed:

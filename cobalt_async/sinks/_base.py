@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar, Literal, Self, TypeAlias
+from typing import Any, ClassVar, Literal, Self, TypeAlias
 
 from .._config import DEFAULT_POLL_POLICY, PollPolicy
 from .._correlation import Backstop, Correlator, Outcome
@@ -125,7 +125,7 @@ class Sink(abc.ABC):
         )
         return "conflict"
 
-    async def wait_for(
+    def wait_for(
         self,
         job_id: str,
         *,
@@ -133,9 +133,15 @@ class Sink(abc.ABC):
         backstop: Backstop | None = None,
         policy: PollPolicy = DEFAULT_POLL_POLICY,
         webhooks_expected: bool = True,
-    ) -> Outcome:
-        """Wait for the outcome of *job_id* (see ``_correlation`` for the protocol)."""
-        return await self._correlator.wait(
+    ) -> Coroutine[Any, Any, Outcome]:
+        """
+        Wait for the outcome of *job_id* (see ``_correlation`` for the protocol).
+
+        Once a wait gets the outcome, the job leaves the pending registry.
+        """
+        # Returned, not awaited here: one coroutine frame less for each of the (up to
+        # hundreds of thousands of) pending waits.
+        return self._correlator.wait(
             job_id,
             timeout=timeout,
             backstop=backstop,
