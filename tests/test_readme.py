@@ -13,7 +13,8 @@ import pytest
 from cobalt_async._servers import serve
 from cobalt_async.testing import FakeCobalt
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 TIMEOUT = 60.0
 
 
@@ -63,3 +64,17 @@ async def test_the_readme_example_writes_a_note_against_a_served_fake_cobalt(
     note_event = next(event for event in fake.events if event["type"] == "task_note.created")
     assert stdout == f"note written: {note_event['data']['emr_note_id']}\n"
     assert (fake.stats.tasks_accepted, fake.stats.notes_accepted) == (1, 1)
+
+
+def test_every_test_the_readme_names_exists() -> None:
+    """The Guarantees section is backed by tests that exist under the names it gives."""
+    readme = (ROOT / "README.md").read_text()
+    references = re.findall(r"`(tests/[\w/]+\.py)((?:::\w+)*)`", readme)
+    assert references
+    missing = []
+    for path, names in references:
+        source = (ROOT / path).read_text()
+        for name in names.split("::")[1:]:
+            if not re.search(rf"^\s*(?:async )?(?:def|class) {name}\b", source, re.MULTILINE):
+                missing.append(f"{path}::{name}")
+    assert [] == missing
