@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import anyio
 import httpx
 
-from cobalt_async import CobaltClient, InMemorySink, PollPolicy
+from cobalt_async import CobaltClient, InMemorySink
 
 from ._common import CREDENTIALS, Metric, Sizes, Target, until
 
@@ -19,7 +19,6 @@ TARGET = Target("value", "<=", 1024)
 UNIT = "B/handle"
 
 # No backstop poll may fire while the measurement runs (it could take longer than 20 s).
-_NO_POLL = PollPolicy(silence=3600.0, max_silence=3600.0)
 
 Starter = Callable[[Sequence[str], anyio.abc.TaskGroup], Awaitable[Callable[[], None]]]
 
@@ -79,22 +78,30 @@ def _client(sink: InMemorySink) -> CobaltClient:
         **CREDENTIALS,
         sink=sink,
         transport=httpx.MockTransport(_unreachable),
-        poll=_NO_POLL,
-        job_timeout=None,
     )
 
 
 async def start_handles(
     job_ids: Sequence[str], task_group: anyio.abc.TaskGroup
 ) -> Callable[[], None]:
-    """The SDK: one ``JobHandle`` per job, awaited with ``handle.wait()`` in its own task."""
+    """
+    The SDK as users run it: an open client (``async with``), one ``JobHandle`` per job
+    awaited with ``await handle`` (the default 180 s timeout and backstop timer) in its own task.
+    """
     sink = InMemorySink()
     client = _client(sink)
+    opened = anyio.Event()
+
+    async def hold_open() -> None:
+        async with client:
+            opened.set()
+            await anyio.sleep_forever()
 
     async def park(job_id: str) -> None:
-        handle = client.jobs.attach(job_id, "task")
-        await handle.wait(timeout=None)
+        await client.jobs.attach(job_id, "task")
 
+    task_group.start_soon(hold_open)
+    await opened.wait()
     for job_id in job_ids:
         task_group.start_soon(park, job_id)
     await until(lambda: sink.stats().pending == len(job_ids), interval=0.005, timeout=600)

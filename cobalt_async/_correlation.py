@@ -14,6 +14,7 @@ The protocol (reference/correlation.md §6) is written once, here, for every sin
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable
@@ -21,6 +22,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 import anyio
+from anyio.abc import TaskStatus
 
 from ._config import PollPolicy
 from ._errors import APIError, JobTimeoutError, SinkUnavailableError
@@ -64,6 +66,12 @@ class _Slot:
             self.outcome = outcome
             self.ready.set()
 
+    def poke(self) -> None:
+        """Wake the waiters without an outcome (a timer is due); they look and wait again."""
+        if self.outcome is None:
+            ready, self.ready = self.ready, anyio.Event()
+            ready.set()
+
 
 class Correlator:
     """Slots of the jobs awaited in this process, fed by one sink. Strictly private."""
@@ -72,6 +80,10 @@ class Correlator:
         self._sink = sink
         self._slots: dict[str, _Slot] = {}
         self.backstop_polls = 0
+        # Timers of waits, served by one task while the sink is open (run_timers); a cancel
+        # scope per waiting coroutine would cost more memory than the rest of the wait.
+        self._timers: list[tuple[float, str]] = []
+        self._timers_changed: anyio.Event | None = None
 
     @property
     def pending(self) -> int:
@@ -127,12 +139,15 @@ class Correlator:
                 with self._bounded(deadline):
                     await self._read_store(job_id)
             while slot.outcome is None:
-                until = min(deadline, self._next_look(slot, backstop))
-                if until == math.inf:
-                    await slot.ready.wait()
-                else:
+                # Sleep until settled, poked, or *until* (inline: no frame per pending wait).
+                ready, until = slot.ready, min(deadline, self._next_look(slot, backstop))
+                if until < math.inf and self._timers_changed is None:
                     with anyio.move_on_at(until):
-                        await slot.ready.wait()
+                        await ready.wait()
+                else:
+                    if until < math.inf:
+                        self._add_timer(until, job_id)
+                    await ready.wait()
                 if slot.outcome is not None:
                     break
                 now = anyio.current_time()
@@ -188,6 +203,41 @@ class Correlator:
         except SinkUnavailableError as exc:
             # The sink will be re-read on reconnect, and the backstop still polls Cobalt.
             logger.warning("store read for job %s failed, waiting on: %s", job_id, exc)
+
+    def _add_timer(self, when: float, job_id: str) -> None:
+        earliest = self._timers[0][0] if self._timers else math.inf
+        heapq.heappush(self._timers, (when, job_id))
+        if when < earliest and self._timers_changed is not None:
+            self._timers_changed.set()
+
+    async def run_timers(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve every waiter's timer from this one task, for as long as it runs."""
+        self._timers_changed = anyio.Event()
+        task_status.started()
+        try:
+            while True:
+                self._poke_due(anyio.current_time())
+                self._timers_changed = changed = anyio.Event()
+                next_due = self._timers[0][0] if self._timers else math.inf
+                with anyio.move_on_at(next_due):
+                    await changed.wait()
+        finally:
+            # Waiters now sleeping on a timer that will never fire: wake them, and they go
+            # back to timing themselves.
+            self._timers_changed = None
+            self._timers.clear()
+            for slot in list(self._slots.values()):
+                slot.poke()
+
+    def _poke_due(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, job_id = heapq.heappop(timers)
+            slot = self._slots.get(job_id)
+            if slot is not None:
+                slot.poke()
 
     def _bounded(self, deadline: float) -> AbstractContextManager[object]:
         # A store in this process answers at once: no cancel scope (and its timer) needed.

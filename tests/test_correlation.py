@@ -247,6 +247,59 @@ class TestTimeouts:
         assert sink.stats().pending == 0
 
 
+class TestSharedTimers:
+    """An open sink serves every wait's timer from one task instead of a scope per wait."""
+
+    @pytest.mark.anyio
+    async def test_open_sink_times_waits_out_with_its_shared_timer(self) -> None:
+        """Timeouts of many waits fire from the shared timer, each for its own job."""
+        errors: list[str] = []
+
+        async def wait(sink: InMemorySink, job_id: str) -> None:
+            with pytest.raises(JobTimeoutError) as caught:
+                await sink.wait_for(job_id, timeout=0.2)
+            errors.append(caught.value.job_id)
+
+        async with InMemorySink() as sink:
+            timers = sink._correlator._timers
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    for n in range(20):
+                        tg.start_soon(wait, sink, f"job-{n}")
+                    await until(lambda: len(timers) == 20)  # one shared heap, no scopes
+        assert sorted(f"job-{n}" for n in range(20)) == sorted(errors)
+        assert 0 == sink.stats().pending
+
+    @pytest.mark.anyio
+    async def test_shared_timer_still_lets_a_publish_wake_the_wait(self) -> None:
+        """A wait sleeping on the shared timer is woken by its outcome at once."""
+        async with InMemorySink() as sink:
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    waiters = Waiters(sink, tg)
+                    index = waiters.start(JOB, timeout=60)
+                    await until(lambda: sink.stats().pending == 1)
+                    await sink.publish(created())
+                    await waiters.finished(index)
+            outcome = waiters.results[index]
+            assert isinstance(outcome, Outcome)
+            assert JOB == outcome.event.job_id
+
+    @pytest.mark.anyio
+    async def test_closing_the_sink_hands_timers_back_to_the_waits(self) -> None:
+        """Waits sleeping on the shared timer when the sink closes still time out."""
+        sink = InMemorySink()
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                waiters = Waiters(sink, tg)
+                await sink.__aenter__()
+                index = waiters.start(JOB, timeout=0.3)
+                await until(lambda: sink.stats().pending == 1)
+                await sink.__aexit__(None, None, None)
+                await waiters.finished(index)
+        assert isinstance(waiters.results[index], JobTimeoutError)
+
+
 class TestSlotHygiene:
     @pytest.mark.anyio
     @pytest.mark.parametrize("ending", ["resolved", "timed_out", "cancelled"])

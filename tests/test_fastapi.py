@@ -228,10 +228,12 @@ class RecordingSink(InMemorySink):
 
     async def __aenter__(self) -> RecordingSink:
         self.log.append("open")
+        await super().__aenter__()
         return self
 
     async def aclose(self) -> None:
         self.log.append("close")
+        await super().aclose()
 
 
 async def test_lifespan_shares_one_client_and_sink() -> None:

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self, TypeAlias
 
+import anyio
+from anyio.abc import TaskGroup
+
 from .._config import DEFAULT_POLL_POLICY, PollPolicy
 from .._correlation import Backstop, Correlator, Outcome
 from ..models import Event, JobEvent, is_terminal
@@ -66,6 +69,8 @@ class Sink(abc.ABC):
     """
 
     def __init__(self) -> None:
+        self._users = 0
+        self._task_group: TaskGroup | None = None
         self._correlator = Correlator(self)
         self._duplicates = 0
         self._conflicts = 0
@@ -177,9 +182,22 @@ class Sink(abc.ABC):
         """Jobs submitted through this sink whose outcome was not read yet."""
         return []
 
-    # Lifecycle: sinks with connections or background tasks override these.
+    # Lifecycle. Open (``async with sink``, or ``async with CobaltClient(sink=sink)``), a
+    # sink runs its background tasks: the waits' shared timers, and its own (RedisSink's
+    # listener). Entries are counted, so several users may share one sink; the last to
+    # leave, in the task that entered first, stops them.
+
+    @property
+    def is_open(self) -> bool:
+        return self._task_group is not None
 
     async def __aenter__(self) -> Self:
+        self._users += 1
+        if self._users == 1:
+            self._task_group = anyio.create_task_group()
+            await self._task_group.__aenter__()
+            await self._task_group.start(self._correlator.run_timers)
+            self._start_background(self._task_group)
         return self
 
     async def __aexit__(
@@ -188,10 +206,19 @@ class Sink(abc.ABC):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._users -= 1
+        if self._users > 0 or self._task_group is None:
+            return
+        task_group, self._task_group = self._task_group, None
+        task_group.cancel_scope.cancel()
+        await task_group.__aexit__(None, None, None)
         await self.aclose()
 
+    def _start_background(self, task_group: TaskGroup) -> None:
+        """Start the sink's own background tasks, if it has any."""
+
     async def aclose(self) -> None:
-        """Release connections and stop background work."""
+        """Release connections (background tasks stop when the last user leaves)."""
 
 
 def _same_event(first: JobEvent, second: JobEvent) -> bool:

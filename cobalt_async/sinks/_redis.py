@@ -25,8 +25,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import anyio
 import redis.asyncio as redis
@@ -117,8 +116,6 @@ class RedisSink(Sink):
         self._publish_script = self._redis.register_script(_PUBLISH)
         self._admission = anyio.Semaphore(max_connections)
         self._commands: set[asyncio.Task[Any]] = set()
-        self._users = 0
-        self._task_group: TaskGroup | None = None
         self._armed = anyio.Event()
         self._reread = anyio.Event()
         self._reconnects = 0
@@ -239,34 +236,15 @@ class RedisSink(Sink):
             raise ConfigurationError(msg)
         await self._armed.wait()
 
-    async def __aenter__(self) -> Self:
-        self._users += 1
-        if self._users == 1:
-            self._task_group = anyio.create_task_group()
-            await self._task_group.__aenter__()
-            self._task_group.start_soon(self._listen)
-            self._task_group.start_soon(self._reread_when_asked)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._users -= 1
-        if self._users > 0 or self._task_group is None:
-            return
-        task_group, self._task_group = self._task_group, None
-        task_group.cancel_scope.cancel()
-        await task_group.__aexit__(None, None, None)
-        self._armed = anyio.Event()
-        self._reread = anyio.Event()
-        await self.aclose()
+    def _start_background(self, task_group: TaskGroup) -> None:
+        task_group.start_soon(self._listen)
+        task_group.start_soon(self._reread_when_asked)
 
     async def aclose(self) -> None:
         """Close Redis connections (the listener stops when the last user leaves)."""
         if self._task_group is None:
+            self._armed = anyio.Event()
+            self._reread = anyio.Event()
             # Commands whose callers gave up finish under their socket timeouts first.
             with anyio.move_on_after(3 * self.command_timeout):
                 await asyncio.gather(*self._commands, return_exceptions=True)
