@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -439,3 +440,55 @@ class TestAttach:
         async with make_client(stub, sink=sink) as client:
             with pytest.raises(ValueError, match="kind"):
                 client.jobs.attach(JOB, "appointment")  # type: ignore[call-overload]
+
+
+class TestManyHandles:
+    @pytest.mark.anyio
+    async def test_ten_thousand_handles_resolve_in_random_order_and_leave_nothing_pending(
+        self,
+    ) -> None:
+        """10,000 waiting handles, webhooks in random order (half before the wait): all resolve."""
+        count = 10_000
+        sink = InMemorySink(max_outcomes=2 * count)
+        receiver = WebhookReceiver(sink, secrets=[SECRET])
+        transport = httpx.MockTransport(lambda request: httpx.Response(500))
+        order = list(range(count))
+        random.Random(4).shuffle(order)
+        early, late = order[: count // 2], order[count // 2 :]
+        resolved: dict[str, str] = {}
+
+        async def deliver(numbers: list[int]) -> None:
+            for number in numbers:
+                body = json.dumps(task_created_payload(str(number), emr_task_id=f"emr-{number}"))
+                raw = body.encode()
+                signature = sign_webhook(raw, SECRET)
+                receipt = await receiver.receive(raw, {"cobalt-verification": signature})
+                assert 200 == receipt.status_code
+
+        client = CobaltClient(
+            client_id="cid",
+            client_secret="csecret",
+            access_token="atoken",
+            sink=sink,
+            transport=transport,
+            poll=QUIET,
+            job_timeout=None,
+        )
+        async with client:
+            handles = [client.jobs.attach(number, "task") for number in range(count)]
+
+            async def wait(handle: JobHandle[TaskCreatedEvent]) -> None:
+                resolved[handle.job_id] = (await handle).data.emr_task_id
+
+            with anyio.fail_after(60):
+                await deliver(early)
+                async with anyio.create_task_group() as tg:
+                    for handle in handles:
+                        tg.start_soon(wait, handle)
+                    await deliver(late)
+
+        assert {str(n): f"emr-{n}" for n in range(count)} == resolved
+        assert all(handle.status is JobStatus.SUCCEEDED for handle in handles)
+        stats = sink.stats()
+        assert (0, count) == (stats.pending, stats.buffered)
+        assert (0, 0) == (stats.duplicates, stats.conflicts)
