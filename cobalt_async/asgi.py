@@ -67,7 +67,8 @@ class WebhookApp:
         receipt = await self.receiver.receive(body, scope["headers"], dispatch=False)
         await _send_status(send, receipt.status_code, receipt.outcome)
         # Only now: a slow or failing hook must not delay the answer past Cobalt's 5 s.
-        await self.receiver.dispatch(receipt)
+        if self.receiver.on_event is not None:
+            await self.receiver.dispatch(receipt)
 
 
 class _Disconnected(Exception):
