@@ -207,7 +207,8 @@ class TaskNotes:
     async def submit(self, request: TaskNoteCreateRequest) -> JobHandle[TaskNoteCreatedEvent]:
         """Submit an already validated request."""
         response = await self._requester.post("/tasks/notes", _body(request))
-        created = _accepted(TaskNoteCreated, response.content, "POST", "/tasks/notes")
+        path = self._requester.base_path + "/tasks/notes"
+        created = _accepted(TaskNoteCreated, response.content, "POST", path)
         handle: JobHandle[TaskNoteCreatedEvent] = JobHandle(
             self._jobs,
             created.job_id,
@@ -262,7 +263,8 @@ class Tasks:
     async def submit(self, request: TaskCreateRequest) -> JobHandle[TaskCreatedEvent]:
         """Submit an already validated request."""
         response = await self._requester.post("/tasks", _body(request))
-        created = _accepted(TaskCreated, response.content, "POST", "/tasks")
+        path = self._requester.base_path + "/tasks"
+        created = _accepted(TaskCreated, response.content, "POST", path)
         handle: JobHandle[TaskCreatedEvent] = JobHandle(
             self._jobs, created.job_id, "task", task_id=created.task_id, submitted_at=time.time()
         )

@@ -393,6 +393,24 @@ class TestCreateIsNeverResentBlindly:
         assert "do not resubmit blindly" in str(info.value)
 
     @pytest.mark.anyio
+    async def test_accepted_answer_without_a_job_id_is_an_unknown_outcome(
+        self, api: respx.MockRouter, client: CobaltClient
+    ) -> None:
+        """A 200 without a usable job_id: Cobalt took the task, so resubmitting would duplicate."""
+        route = api.post("/tasks").respond(200, json={"success": True, "task_id": "t_1"})
+
+        with pytest.raises(APIError) as info:
+            await client.tasks.create(**TASK)
+
+        assert 1 == route.call_count
+        assert info.value.outcome_unknown
+        assert ("POST", "/v1/tasks", 200) == (
+            info.value.method,
+            info.value.path,
+            info.value.status_code,
+        )
+
+    @pytest.mark.anyio
     @pytest.mark.parametrize(("exc", "error_type"), UNSENT_OR_UNKNOWN)
     async def test_transport_failure_after_sending_is_not_retried(
         self,
