@@ -34,6 +34,7 @@ from cobalt_async.fastapi import (
     get_client,
     webhook_router,
 )
+from cobalt_async.sinks import _memory
 from cobalt_async.testing import FakeCobalt, make_task_created_event, signed_delivery
 from tests.test_asgi import (
     CHUNK,
@@ -399,18 +400,29 @@ def test_all_is_sorted() -> None:
 # -- deployment: the multi-worker warning -------------------------------------------------------
 
 
+class _Clock:
+    """Stands in for the ``time`` module of ``cobalt_async.sinks._memory``."""
+
+    now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
 async def test_unclaimed_outcomes_warn_about_several_workers(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Outcomes no wait of this process claimed point at a multi-worker app on InMemorySink."""
-    sink = InMemorySink(outcome_ttl=0.05)
+    clock = _Clock()
+    monkeypatch.setattr(_memory, "time", clock)
+    sink = InMemorySink(outcome_ttl=60.0)
     app = make_app(sink=sink, webhook_secrets=[SECRET])
 
     with caplog.at_level(logging.WARNING, logger="cobalt_async.sinks"):
         async with serve(app) as http:
             # As if another worker had submitted job 1: its webhook landed here.
             await poster(http)(*signed_delivery(make_task_created_event(job_id=1), SECRET))
-            await anyio.sleep(0.1)
+            clock.now += 61.0  # job 1's outcome expires, never awaited
             await poster(http)(*signed_delivery(make_task_created_event(job_id=2), SECRET))
 
     warnings = [record.getMessage() for record in caplog.records]

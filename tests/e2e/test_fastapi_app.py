@@ -96,16 +96,6 @@ def tail(log: Path, lines: int = 40) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def simulate_available() -> bool:
-    result = subprocess.run(
-        [sys.executable, "-m", "cobalt_async", "simulate", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=60,
-    )
-    return result.returncode == 0
-
-
 @contextmanager
 def stack_of(
     simulate_flags: Sequence[str],
@@ -206,8 +196,6 @@ def assert_all_resolved(responses: list[httpx.Response], count: int, tmp_path: P
 )
 async def test_concurrent_tasks_all_resolve(simulate_flags: list[str], tmp_path: Path) -> None:
     """200 concurrent ``POST /tasks`` with ``wait: true`` each return their ``emr_task_id``."""
-    if not simulate_available():
-        pytest.skip("`python -m cobalt_async simulate` is not available")
     with stack_of(simulate_flags, tmp_path) as app_url:
         responses = await fire(app_url, CONCURRENCY)
     assert_all_resolved(responses, CONCURRENCY, tmp_path)
