@@ -187,10 +187,6 @@ class Sink(abc.ABC):
     # listener). Entries are counted, so several users may share one sink; the last to
     # leave, in the task that entered first, stops them.
 
-    @property
-    def is_open(self) -> bool:
-        return self._task_group is not None
-
     async def __aenter__(self) -> Self:
         self._users += 1
         if self._users == 1:
