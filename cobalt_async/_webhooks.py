@@ -75,7 +75,7 @@ class _Verifier:
             found |= hmac.compare_digest(candidate.hexdigest().encode(), signature)
         return found
 
-    def verify(self, body: bytes, signature: str | None) -> Any:
+    def verify(self, body: bytes, signature: str | bytes | None) -> Any:
         """
         Return the parsed body if it was re-serialised to verify, else ``_RAW``.
 
@@ -87,7 +87,9 @@ class _Verifier:
             raise WebhookVerificationError(msg)
         # As bytes: compare_digest refuses str with non-ASCII characters (TypeError), and a
         # garbage header must be a plain mismatch (401), not a crash.
-        expected = signature.strip().lower().encode("utf-8", "backslashreplace")
+        if isinstance(signature, str):
+            signature = signature.encode("utf-8", "backslashreplace")
+        expected = signature.strip().lower()
         if self._matches(body, expected):
             return _RAW
         try:
@@ -108,17 +110,23 @@ class _Verifier:
 _RAW: Any = object()
 
 
+CONTENT_LENGTH_HEADER = "content-length"
+_HeaderValue: TypeAlias = str | bytes | None
+# Where each header this module reads goes in _delivery_headers' answer, by str and bytes name.
 _WANTED: dict[str | bytes, int] = {
-    SIGNATURE_HEADER: 0,
-    DELIVERY_ID_HEADER: 1,
-    SIGNATURE_HEADER.encode(): 0,
-    DELIVERY_ID_HEADER.encode(): 1,
+    name: index
+    for index, text in enumerate((SIGNATURE_HEADER, DELIVERY_ID_HEADER, CONTENT_LENGTH_HEADER))
+    for name in (text, text.encode())
 }
 
 
-def _signature_and_delivery_id(headers: Headers) -> tuple[str | None, str | None]:
-    """Both headers Cobalt's deliveries carry, in one pass; names are case-insensitive."""
-    found: list[str | bytes | None] = [None, None]
+def _delivery_headers(headers: Headers) -> tuple[_HeaderValue, _HeaderValue, _HeaderValue]:
+    """
+    Signature, delivery id and ``Content-Length``, as sent, in one pass over *headers*.
+
+    Names are case-insensitive; the first of each counts.
+    """
+    found: list[_HeaderValue] = [None, None, None]
     # ASGI's list of byte pairs is the hot path: test for it before the (slow) ABC check.
     pairs = headers if type(headers) is list or not isinstance(headers, Mapping) else (
         headers.items()
@@ -127,10 +135,10 @@ def _signature_and_delivery_id(headers: Headers) -> tuple[str | None, str | None
         slot = _WANTED.get(key.lower())
         if slot is not None and found[slot] is None:
             found[slot] = value
-    return _text(found[0]), _text(found[1])
+    return found[0], found[1], found[2]
 
 
-def _text(value: str | bytes | None) -> str | None:
+def _text(value: _HeaderValue) -> str | None:
     return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
@@ -141,7 +149,7 @@ def verify_webhook(body: bytes, headers: Headers, secrets: Sequence[str]) -> Eve
     Raises:
         WebhookVerificationError: The signature is missing or wrong, or the body is not an event.
     """
-    parsed = _Verifier(secrets).verify(body, _signature_and_delivery_id(headers)[0])
+    parsed = _Verifier(secrets).verify(body, _delivery_headers(headers)[0])
     try:
         return parse_event(body if parsed is _RAW else parsed)
     except ValidationError as exc:
@@ -199,15 +207,19 @@ class WebhookReceiver:
                 "the bytes Cobalt signed"
             )
             raise TypeError(msg)
-        receipt = await self._ingest(body if type(body) is bytes else bytes(body), headers)
+        signature, delivery_id, _ = _delivery_headers(headers)
+        body = body if type(body) is bytes else bytes(body)
+        receipt = await self._ingest(body, signature, _text(delivery_id))
         if dispatch:
             await self.dispatch(receipt)
         return receipt
 
-    async def _ingest(self, body: bytes, headers: Headers) -> Receipt:
+    async def _ingest(
+        self, body: bytes, signature: str | bytes | None, delivery_id: str | None
+    ) -> Receipt:
+        """Everything :meth:`receive` does but dispatch, from the headers it reads."""
         if len(body) > self.max_body_bytes:
             return Receipt(413, "too_large", f"body over {self.max_body_bytes} bytes")
-        signature, delivery_id = _signature_and_delivery_id(headers)
         try:
             parsed = self._verifier.verify(body, signature)
         except WebhookVerificationError as exc:

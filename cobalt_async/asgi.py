@@ -15,8 +15,8 @@ import functools
 import json
 from collections.abc import Iterable
 
-from ._types import Receive, Scope, Send
-from ._webhooks import WebhookReceiver
+from ._types import Message, Receive, Scope, Send
+from ._webhooks import WebhookReceiver, _delivery_headers, _text
 
 __all__ = ["WebhookApp"]
 
@@ -51,10 +51,11 @@ class WebhookApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
-            await _send_status(send, 405, "method_not_allowed", [(b"allow", b"POST")])
+            await _send_status(send, 405, "method_not_allowed", ((b"allow", b"POST"),))
             return
         limit = self.receiver.max_body_bytes
-        if _too_large(scope["headers"], limit):
+        signature, delivery_id, length = _delivery_headers(scope["headers"])
+        if _declares_over(length, limit):
             await _send_too_large(send)
             return
         try:
@@ -64,7 +65,9 @@ class WebhookApp:
         if body is None:
             await _send_too_large(send)
             return
-        receipt = await self.receiver.receive(body, scope["headers"], dispatch=False)
+        # The headers are read already: straight to the receiver's ingestion, as receive()
+        # would go after reading them.
+        receipt = await self.receiver._ingest(body, signature, _text(delivery_id))
         await _send_status(send, receipt.status_code, receipt.outcome)
         # Only now: a slow or failing hook must not delay the answer past Cobalt's 5 s.
         if self.receiver.on_event is not None:
@@ -77,56 +80,62 @@ class _Disconnected(Exception):
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
     """Collect a body; ``None`` as soon as it passes *limit*, without reading the rest."""
-    body = bytearray()
-    while True:
+    message = await receive()
+    first = _chunk(message)
+    if not message.get("more_body", False):
+        # The usual case: the whole body in one message, taken as it is.
+        return first if len(first) <= limit else None
+    body = bytearray(first)
+    while len(body) <= limit:
         message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        body += message.get("body", b"")
-        if len(body) > limit:
-            return None
+        body += _chunk(message)
         if not message.get("more_body", False):
-            return bytes(body)
+            return bytes(body) if len(body) <= limit else None
+    return None
+
+
+def _chunk(message: Message) -> bytes:
+    if message["type"] == "http.disconnect":
+        raise _Disconnected
+    body: bytes = message.get("body", b"")
+    return body
 
 
 def _too_large(headers: _RawHeaders, limit: int) -> bool:
     """Whether a declared ``Content-Length`` already passes *limit*."""
-    for name, value in headers:
-        if name.lower() == b"content-length":
-            try:
-                return int(value) > limit
-            except ValueError:
-                return False  # malformed: the server refuses it, or the stream tells
-    return False
+    return _declares_over(_delivery_headers(headers)[2], limit)
+
+
+def _declares_over(length: str | bytes | None, limit: int) -> bool:
+    if length is None:
+        return False
+    try:
+        return int(length) > limit
+    except ValueError:
+        return False  # malformed: the server refuses it, or the stream tells
+
+
+_Headers = tuple[tuple[bytes, bytes], ...]
 
 
 @functools.cache
-def _status_body(outcome: str) -> bytes:
-    """The answer to a delivery: only the outcome, never the body or a secret."""
-    return json.dumps({"status": outcome}, separators=(",", ":")).encode()
+def _answer(outcome: str, extra: _Headers) -> tuple[_Headers, bytes]:
+    """Headers and body of an answer: only the outcome, never the body or a secret."""
+    body = json.dumps({"status": outcome}, separators=(",", ":")).encode()
+    length = str(len(body)).encode()
+    return ((b"content-type", b"application/json"), (b"content-length", length), *extra), body
 
 
-async def _send_status(
-    send: Send, status: int, outcome: str, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    body = _status_body(outcome)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
+async def _send_status(send: Send, status: int, outcome: str, extra: _Headers = ()) -> None:
+    headers, body = _answer(outcome, extra)
+    # A fresh list each time: middleware may change the headers it is sent.
+    await send({"type": "http.response.start", "status": status, "headers": list(headers)})
     await send({"type": "http.response.body", "body": body})
 
 
 async def _send_too_large(send: Send) -> None:
     # The rest of the body is never read, so the connection cannot carry another request.
-    await _send_status(send, 413, "too_large", [(b"connection", b"close")])
+    await _send_status(send, 413, "too_large", ((b"connection", b"close"),))
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
