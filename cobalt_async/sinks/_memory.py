@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -57,6 +58,8 @@ class InMemorySink(Sink):
         self._outcomes: OrderedDict[str, _Stored] = OrderedDict()
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._evicted = 0
+        # No entry expires before this: most calls to _purge end at this comparison.
+        self._soonest = math.inf
         self._unclaimed_count = 0
         self._warned = False
 
@@ -79,7 +82,9 @@ class InMemorySink(Sink):
         if stored is not None:
             return stored.outcome
         awaited = self._correlator.is_awaited(job_id)
-        self._outcomes[job_id] = _Stored(outcome, now + self.outcome_ttl, awaited)
+        expires = now + self.outcome_ttl
+        self._outcomes[job_id] = _Stored(outcome, expires, awaited)
+        self._soonest = min(self._soonest, expires)
         if len(self._outcomes) > self.max_outcomes:
             self._purge()
         return None
@@ -88,7 +93,8 @@ class InMemorySink(Sink):
         now = self._purge()
         if key in self._seen:
             return False
-        self._seen[key] = now + self.dedup_ttl
+        self._seen[key] = expires = now + self.dedup_ttl
+        self._soonest = min(self._soonest, expires)
         if len(self._seen) > self.max_dedup_ids:
             self._purge()
         return True
@@ -101,9 +107,13 @@ class InMemorySink(Sink):
         return self._unclaimed_count
 
     def _purge(self) -> float:
-        # Both dicts are in expiry order (one TTL each), so expiry pops from the front.
         now = time.monotonic()
         outcomes, seen = self._outcomes, self._seen
+        if now < self._soonest and (
+            len(outcomes) <= self.max_outcomes and len(seen) <= self.max_dedup_ids
+        ):
+            return now
+        # Both dicts are in expiry order (one TTL each), so expiry pops from the front.
         while outcomes and (
             len(outcomes) > self.max_outcomes or next(iter(outcomes.values())).expires <= now
         ):
@@ -114,6 +124,10 @@ class InMemorySink(Sink):
         while seen and (len(seen) > self.max_dedup_ids or next(iter(seen.values())) <= now):
             seen.popitem(last=False)
             self._evicted += 1
+        self._soonest = min(
+            next(iter(outcomes.values())).expires if outcomes else math.inf,
+            next(iter(seen.values())) if seen else math.inf,
+        )
         return now
 
     def _note_unclaimed(self) -> None:
