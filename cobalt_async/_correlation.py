@@ -76,8 +76,10 @@ class _Slot:
 class Correlator:
     """Slots of the jobs awaited in this process, fed by one sink. Strictly private."""
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, *, keeps_registry: bool = True) -> None:
         self._sink = sink
+        # Whether a finished wait must remove its job from the sink's pending registry.
+        self._keeps_registry = keeps_registry
         self._slots: dict[str, _Slot] = {}
         self.backstop_polls = 0
         # Timers of waits, served by one task while the sink is open (run_timers); a cancel
@@ -159,7 +161,8 @@ class Correlator:
                     raise JobTimeoutError(job_id, timeout or 0.0)
         finally:
             self._release(job_id, slot)
-        await self._forget(job_id)
+        if self._keeps_registry:
+            await self._forget(job_id)
         return slot.outcome
 
     def _register(

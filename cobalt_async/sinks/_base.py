@@ -71,7 +71,9 @@ class Sink(abc.ABC):
     def __init__(self) -> None:
         self._users = 0
         self._task_group: TaskGroup | None = None
-        self._correlator = Correlator(self)
+        # Only a sink that overrides remove_pending keeps a registry to clean up after waits.
+        keeps_registry = type(self).remove_pending is not Sink.remove_pending
+        self._correlator = Correlator(self, keeps_registry=keeps_registry)
         self._duplicates = 0
         self._conflicts = 0
 
