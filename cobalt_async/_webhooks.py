@@ -112,30 +112,36 @@ _RAW: Any = object()
 
 CONTENT_LENGTH_HEADER = "content-length"
 _HeaderValue: TypeAlias = str | bytes | None
+_NAMES = (SIGNATURE_HEADER, DELIVERY_ID_HEADER, CONTENT_LENGTH_HEADER)
+_SIGNATURE_KEY, _DELIVERY_ID_KEY, _CONTENT_LENGTH_KEY = (name.encode() for name in _NAMES)
 # Where each header this module reads goes in _delivery_headers' answer, by str and bytes name.
 _WANTED: dict[str | bytes, int] = {
-    name: index
-    for index, text in enumerate((SIGNATURE_HEADER, DELIVERY_ID_HEADER, CONTENT_LENGTH_HEADER))
-    for name in (text, text.encode())
+    name: index for index, text in enumerate(_NAMES) for name in (text, text.encode())
 }
 
 
 def _delivery_headers(headers: Headers) -> tuple[_HeaderValue, _HeaderValue, _HeaderValue]:
     """
-    Signature, delivery id and ``Content-Length``, as sent, in one pass over *headers*.
+    Signature, delivery id and ``Content-Length``, as sent.
 
-    Names are case-insensitive; the first of each counts.
+    Names are case-insensitive; of a repeated header, the last value counts.
     """
-    found: list[_HeaderValue] = [None, None, None]
-    # ASGI's list of byte pairs is the hot path: test for it before the (slow) ABC check.
-    pairs = headers if type(headers) is list or not isinstance(headers, Mapping) else (
-        headers.items()
-    )
+    if type(headers) is list:
+        # ASGI servers send lower-case names: a dict of them answers at C speed. When one
+        # of the three is missing, it may be there in another case: the full scan looks.
+        by_name = dict(headers)
+        signature = by_name.get(_SIGNATURE_KEY)
+        delivery_id = by_name.get(_DELIVERY_ID_KEY)
+        length = by_name.get(_CONTENT_LENGTH_KEY)
+        if signature is not None and delivery_id is not None and length is not None:
+            return signature, delivery_id, length
+    scanned: list[_HeaderValue] = [None, None, None]
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
     for key, value in pairs:
         slot = _WANTED.get(key.lower())
-        if slot is not None and found[slot] is None:
-            found[slot] = value
-    return found[0], found[1], found[2]
+        if slot is not None:
+            scanned[slot] = value
+    return scanned[0], scanned[1], scanned[2]
 
 
 def _text(value: _HeaderValue) -> str | None:

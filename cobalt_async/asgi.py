@@ -41,17 +41,8 @@ class WebhookApp:
         return f"<WebhookApp receiver={self.receiver!r}>"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "lifespan":
-            await _lifespan(receive, send)
-        elif kind == "websocket":
-            await _refuse_websocket(receive, send)
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["method"] != "POST":
-            await _send_status(send, 405, "method_not_allowed", ((b"allow", b"POST"),))
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await _not_a_delivery(scope, receive, send)
             return
         limit = self.receiver.max_body_bytes
         signature, delivery_id, length = _delivery_headers(scope["headers"])
@@ -136,6 +127,16 @@ async def _send_status(send: Send, status: int, outcome: str, extra: _Headers = 
 async def _send_too_large(send: Send) -> None:
     # The rest of the body is never read, so the connection cannot carry another request.
     await _send_status(send, 413, "too_large", ((b"connection", b"close"),))
+
+
+async def _not_a_delivery(scope: Scope, receive: Receive, send: Send) -> None:
+    kind = scope["type"]
+    if kind == "http":
+        await _send_status(send, 405, "method_not_allowed", ((b"allow", b"POST"),))
+    elif kind == "lifespan":
+        await _lifespan(receive, send)
+    elif kind == "websocket":
+        await _refuse_websocket(receive, send)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

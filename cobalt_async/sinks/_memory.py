@@ -84,7 +84,8 @@ class InMemorySink(Sink):
         awaited = self._correlator.is_awaited(job_id)
         expires = now + self.outcome_ttl
         self._outcomes[job_id] = _Stored(outcome, expires, awaited)
-        self._soonest = min(self._soonest, expires)
+        if expires < self._soonest:
+            self._soonest = expires
         if len(self._outcomes) > self.max_outcomes:
             self._purge()
         return None
@@ -94,7 +95,8 @@ class InMemorySink(Sink):
         if key in self._seen:
             return False
         self._seen[key] = expires = now + self.dedup_ttl
-        self._soonest = min(self._soonest, expires)
+        if expires < self._soonest:
+            self._soonest = expires
         if len(self._seen) > self.max_dedup_ids:
             self._purge()
         return True
