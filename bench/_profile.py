@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 from pyinstrument import Profiler
 
@@ -114,16 +113,16 @@ def ingest_workload(events: int) -> Workload:
 
     async def run(start: Callable[[], Any], stop: Callable[[], Any]) -> None:
         app, sink = sdk_app(events)
-        waiters = Waiters(sink)
-        async with anyio.create_task_group() as task_group:
-            await waiters.start(task_group, [item.job_id for item in items])
-            waiters.expect(len(items))
-            start()
-            try:
-                await drive(app, items, Exchange())
-                await waiters.done.wait()
-            finally:
-                stop()
+        waiters = Waiters(sink)  # plain tasks, as the metric has them
+        await waiters.start(None, [item.job_id for item in items])
+        waiters.expect(len(items))
+        start()
+        try:
+            await drive(app, items, Exchange())
+            await waiters.done.wait()
+        finally:
+            stop()
+            await waiters.aclose()
 
     return run
 
