@@ -87,8 +87,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode: Mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     sizes = Sizes.make(mode, cli_simulator=args.cli_simulator)
     if args.profile:
-        from ._profile import run_profiles
-
+        try:
+            from ._profile import run_profiles
+        except ModuleNotFoundError as exc:
+            print(
+                f"python -m bench: --profile needs {exc.name}: "
+                'python -m pip install -e ".[bench]"',
+                file=sys.stderr,
+            )
+            return 2
         only = set(args.only) & set(PROFILED)
         for report in anyio.run(run_profiles, sizes, only, args.profile_dir, backend="asyncio"):
             print(report, flush=True)
