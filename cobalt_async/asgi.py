@@ -88,8 +88,9 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 def _chunk(message: Message) -> bytes:
     if message["type"] == "http.disconnect":
         raise _Disconnected
-    body: bytes = message.get("body", b"")
-    return body
+    body = message.get("body", b"")
+    # ASGI promises bytes; a server that sends a bytearray still gets its body verified.
+    return body if type(body) is bytes else bytes(body)
 
 
 def _too_large(headers: _RawHeaders, limit: int) -> bool:

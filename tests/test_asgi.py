@@ -397,6 +397,28 @@ async def test_body_exactly_at_the_limit_is_read() -> None:
     assert 200 == driver.status
 
 
+@pytest.mark.parametrize("chunks", [1, 3], ids=["one message", "three messages"])
+async def test_a_body_sent_as_bytearray_is_verified_and_stored(chunks: int) -> None:
+    """A server that sends the body as a bytearray (ASGI says bytes) still gets a 200."""
+    body = signed_delivery(_CREATED, SECRET)[0]
+    sink = InMemorySink()
+    receiver = WebhookReceiver(sink, secrets=[SECRET])
+    size = -(-len(body) // chunks)
+    parts = [body[start : start + size] for start in range(0, len(body), size)]
+    driver = Driver(
+        [
+            {"type": "http.request", "body": bytearray(part), "more_body": index < len(parts) - 1}
+            for index, part in enumerate(parts)
+        ]
+    )
+    scope = http_scope(headers=[(b"cobalt-verification", sign(body, SECRET).encode())])
+
+    await driver.run(WebhookApp(receiver), scope)
+
+    assert 200 == driver.status
+    assert 1 == sink.stats().buffered
+
+
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "HEAD", "OPTIONS"])
 async def test_other_methods_get_405_allow_post(
     http: httpx.AsyncClient, method: str, sink: InMemorySink
