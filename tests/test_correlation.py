@@ -322,6 +322,29 @@ class TestSlotHygiene:
         assert isinstance(result, expected)
 
 
+    @pytest.mark.anyio
+    async def test_a_sink_with_a_pending_registry_forgets_a_job_once_its_wait_ends(
+        self,
+    ) -> None:
+        """A sink that overrides remove_pending hears of every ended wait; others need not."""
+
+        class RegistrySink(InMemorySink):
+            def __init__(self) -> None:
+                super().__init__()
+                self.removed: list[str] = []
+
+            async def remove_pending(self, job_id: str) -> None:
+                self.removed.append(job_id)
+
+        sink = RegistrySink()
+        await sink.publish(created())
+        with anyio.fail_after(2):
+            outcome = await sink.wait_for(JOB, timeout=None)
+
+        assert JOB == outcome.event.job_id
+        assert [JOB] == sink.removed
+
+
 class GatedSink(Sink):
     """
     A dict-backed sink whose store reads (and optionally arming) block on gates.
