@@ -124,7 +124,8 @@ def _delivery_headers(headers: Headers) -> tuple[_HeaderValue, _HeaderValue, _He
     """
     Signature, delivery id and ``Content-Length``, as sent.
 
-    Names are case-insensitive; of a repeated header, the last value counts.
+    Names are case-insensitive; of a repeated header, the last value counts (if a sender
+    mixes spellings of one name, the lower-case one may win: the HMAC decides either way).
     """
     if type(headers) is list:
         # ASGI servers send lower-case names: a dict of them answers at C speed. When one

@@ -616,6 +616,34 @@ class TestSignatures:
         assert 200 == receipt.status_code
 
     @pytest.mark.anyio
+    @pytest.mark.parametrize(
+        "names",
+        [
+            (b"cobalt-verification", b"cobalt-verification"),
+            (b"Cobalt-Verification", b"cobalt-verification"),
+        ],
+        ids=["lower", "another-case-first"],
+    )
+    async def test_of_a_repeated_signature_header_the_last_counts(
+        self, receiver: WebhookReceiver, names: tuple[bytes, bytes]
+    ) -> None:
+        """The last signature sent is the one checked, as ASGI servers spell it or not."""
+        body, headers = signed(task_created())
+        good = headers["cobalt-verification"].encode()
+        wrong = b"0" * 64
+        for first, last, status in ((wrong, good, 200), (good, wrong, 401)):
+            asgi_headers = [
+                (names[0], first),
+                (b"webhook-id", b"dlv_1"),
+                (b"content-length", str(len(body)).encode()),
+                (names[1], last),
+            ]
+
+            receipt = await receiver.receive(body, asgi_headers)
+
+            assert status == receipt.status_code
+
+    @pytest.mark.anyio
     async def test_httpx_headers_are_accepted(self, receiver: WebhookReceiver) -> None:
         """A framework's case-insensitive headers mapping works as a plain dict does."""
         body, headers = signed(task_created())
