@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable
 
 from ._types import Message, Receive, Scope, Send
 from ._webhooks import WebhookReceiver, _delivery_headers, _text
 
 __all__ = ["WebhookApp"]
 
-_RawHeaders = Iterable[tuple[bytes, bytes]]
 
 
 class WebhookApp:
@@ -91,11 +89,6 @@ def _chunk(message: Message) -> bytes:
     body = message.get("body", b"")
     # ASGI promises bytes; a server that sends a bytearray still gets its body verified.
     return body if type(body) is bytes else bytes(body)
-
-
-def _too_large(headers: _RawHeaders, limit: int) -> bool:
-    """Whether a declared ``Content-Length`` already passes *limit*."""
-    return _declares_over(_delivery_headers(headers)[2], limit)
 
 
 def _declares_over(length: str | bytes | None, limit: int) -> bool:

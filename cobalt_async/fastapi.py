@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict, Unpack
 
@@ -26,9 +26,7 @@ import httpx
 
 try:
     from fastapi import APIRouter, Depends, FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
-    from starlette.background import BackgroundTask
-    from starlette.requests import ClientDisconnect
+    from starlette.routing import Route
 except ImportError as exc:
     _msg = "cobalt_async.fastapi needs FastAPI: pip install 'cobalt-async[fastapi]'"
     raise ImportError(_msg) from exc
@@ -36,8 +34,9 @@ except ImportError as exc:
 from ._client import CobaltClient
 from ._config import NOT_GIVEN, NotGiven, PollPolicy
 from ._errors import ConfigurationError
+from ._types import Receive, Scope, Send
 from ._webhooks import DEFAULT_MAX_BODY_BYTES, EventHook, WebhookReceiver
-from .asgi import _too_large
+from .asgi import WebhookApp
 from .sinks import InMemorySink, Sink
 
 __all__ = [
@@ -279,46 +278,19 @@ def webhook_router(path: str = "/webhooks/cobalt", *, include_in_schema: bool = 
     working :func:`cobalt_lifespan` fails the startup with what to set.
     """
     router = APIRouter(lifespan=_check_receiver)
-    router.add_api_route(
-        path,
-        _receive_webhook,
-        methods=["POST"],
-        include_in_schema=include_in_schema,
-        response_class=JSONResponse,
-    )
+    # An ASGI endpoint: Starlette hands it the raw request, and WebhookApp does the rest.
+    route = Route(path, _webhook_endpoint, methods=["POST"], include_in_schema=include_in_schema)
+    router.routes.append(route)
     return router
 
 
-async def _read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes | None:
-    """Collect a body; ``None`` as soon as it passes *limit*, without reading the rest."""
-    body = bytearray()
-    async for chunk in chunks:
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
+class _WebhookEndpoint:
+    """The route's ASGI app: the app's receiver behind a :class:`~cobalt_async.asgi.WebhookApp`."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await WebhookApp(_receiver(scope["app"]))(scope, receive, send)
 
 
-async def _receive_webhook(request: Request) -> Response:
-    receiver = _receiver(request.app)
-    limit = receiver.max_body_bytes
-    if _too_large(request.headers.raw, limit):
-        return _too_large_response()
-    try:
-        # The exact bytes Cobalt signed: never a parsed model, which would re-serialise them.
-        async with aclosing(request.stream()) as chunks:
-            body = await _read_limited(chunks, limit)
-    except ClientDisconnect:
-        return Response(status_code=400)  # nobody is listening any more
-    if body is None:
-        return _too_large_response()
-    receipt = await receiver.receive(body, request.headers.raw, dispatch=False)
-    return JSONResponse(
-        {"status": receipt.outcome},
-        status_code=receipt.status_code,
-        background=BackgroundTask(receiver.dispatch, receipt),
-    )
+_webhook_endpoint = _WebhookEndpoint()
 
 
-def _too_large_response() -> Response:
-    return JSONResponse({"status": "too_large"}, status_code=413, headers={"connection": "close"})
