@@ -8,6 +8,7 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, overload
 
+import httpx
 from pydantic import BaseModel, ValidationError
 
 from ._batch import DEFAULT_CONCURRENCY, ProgressCallback, submit_many
@@ -43,13 +44,24 @@ logger = logging.getLogger("cobalt_async")
 M = TypeVar("M", bound=BaseModel)
 
 
-def _accepted(response_model: type[M], content: bytes, method: str, path: str) -> M:
+def _accepted(response_model: type[M], response: httpx.Response) -> M:
     try:
-        return response_model.model_validate_json(content)
+        return response_model.model_validate_json(response.content)
     except ValidationError as exc:
         msg = "Cobalt accepted the request but its answer has no usable job_id"
-        error = APIError(msg, method=method, path=path, status_code=200, outcome_unknown=True)
-        raise error from exc
+        raise _unreadable(msg, response, outcome_unknown=True) from exc
+
+
+def _unreadable(msg: str, response: httpx.Response, *, outcome_unknown: bool) -> APIError:
+    """An answer Cobalt sent that cannot be read, named by the request's full path."""
+    request = response.request
+    return APIError(
+        msg,
+        method=request.method,
+        path=request.url.path,
+        status_code=response.status_code,
+        outcome_unknown=outcome_unknown,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +104,7 @@ class WebhookEvents:
         except ValidationError as exc:
             # A proxy's page, say: an APIError, so that a backstop poll fails alone.
             msg = "Cobalt's answer is not a webhook-events listing"
-            error = APIError(
-                msg, method="GET", path="/webhook-events", status_code=response.status_code
-            )
-            raise error from exc
+            raise _unreadable(msg, response, outcome_unknown=False) from exc
         events = []
         for record in listing.webhook_events:
             try:
@@ -207,8 +216,7 @@ class TaskNotes:
     async def submit(self, request: TaskNoteCreateRequest) -> JobHandle[TaskNoteCreatedEvent]:
         """Submit an already validated request."""
         response = await self._requester.post("/tasks/notes", _body(request))
-        path = self._requester.base_path + "/tasks/notes"
-        created = _accepted(TaskNoteCreated, response.content, "POST", path)
+        created = _accepted(TaskNoteCreated, response)
         handle: JobHandle[TaskNoteCreatedEvent] = JobHandle(
             self._jobs,
             created.job_id,
@@ -263,8 +271,7 @@ class Tasks:
     async def submit(self, request: TaskCreateRequest) -> JobHandle[TaskCreatedEvent]:
         """Submit an already validated request."""
         response = await self._requester.post("/tasks", _body(request))
-        path = self._requester.base_path + "/tasks"
-        created = _accepted(TaskCreated, response.content, "POST", path)
+        created = _accepted(TaskCreated, response)
         handle: JobHandle[TaskCreatedEvent] = JobHandle(
             self._jobs, created.job_id, "task", task_id=created.task_id, submitted_at=time.time()
         )

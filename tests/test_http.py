@@ -547,6 +547,23 @@ class TestGetIsRetried:
         assert "/v1/webhook-events" == info.value.path
 
     @pytest.mark.anyio
+    async def test_unreadable_listing_names_the_full_path(
+        self, api: respx.MockRouter, client: CobaltClient
+    ) -> None:
+        """A 200 that is no listing (a proxy's page) names the path as every other error does."""
+        api.get("/webhook-events").respond(200, text="<html>maintenance</html>")
+
+        with pytest.raises(APIError) as info:
+            await client.webhook_events.list()
+
+        assert ("GET", "/v1/webhook-events", 200) == (
+            info.value.method,
+            info.value.path,
+            info.value.status_code,
+        )
+        assert not info.value.outcome_unknown
+
+    @pytest.mark.anyio
     async def test_get_4xx_is_not_retried(
         self, api: respx.MockRouter, client: CobaltClient, delays: list[float]
     ) -> None:
