@@ -15,6 +15,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._errors import CobaltError, JobFailedError, JobTimeoutError, RateLimitError
 from ._handles import JobHandle
+from ._http import MAX_RETRY_AFTER
 
 logger = logging.getLogger("cobalt_async.batch")
 
@@ -65,7 +66,8 @@ class _Throttle:
 
     def on_rate_limit(self, error: RateLimitError, attempt: int) -> None:
         self.rate_limited += 1
-        pause = error.retry_after
+        # Capped as single requests cap it: one absurd Retry-After must not stall the batch.
+        pause = None if error.retry_after is None else min(error.retry_after, MAX_RETRY_AFTER)
         if pause is None:
             pause = random.uniform(0.5, 1.0) * min(30.0, 2**attempt)
         self.resume_at = max(self.resume_at, anyio.current_time() + pause)

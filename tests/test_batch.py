@@ -23,12 +23,15 @@ from cobalt_async import (
     JobFailedError,
     JobHandle,
     NotFoundError,
+    RateLimitError,
     RequestValidationError,
     ServerError,
     WebhookReceiver,
     as_completed,
     wait_all,
 )
+from cobalt_async._batch import _Throttle
+from cobalt_async._http import MAX_RETRY_AFTER
 from cobalt_async.testing import (
     FakeCobalt,
     make_task_created_event,
@@ -433,3 +436,20 @@ async def test_a_failing_progress_callback_loses_no_handle(
 
     assert [isinstance(outcome, JobHandle) for outcome in outcomes] == [True] * 5
     assert 5 == sum("on_progress callback failed" in r.message for r in caplog.records)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("retry_after", "pause"), [(5.0, 5.0), (100_000.0, MAX_RETRY_AFTER)])
+async def test_a_batch_pause_honours_retry_after_up_to_the_single_request_cap(
+    retry_after: float, pause: float
+) -> None:
+    """One absurd Retry-After must not stall a whole batch for a day."""
+    throttle = _Throttle(8)
+    error = RateLimitError(
+        "slow down", method="POST", path="/v1/tasks", status_code=429, retry_after=retry_after
+    )
+
+    before = anyio.current_time()
+    throttle.on_rate_limit(error, attempt=0)
+
+    assert throttle.resume_at - before == pytest.approx(pause, abs=1.0)
