@@ -274,11 +274,10 @@ class Correlator:
             await self._keep_polled(job_id, slot, event)
 
     async def _keep_polled(self, job_id: str, slot: _Slot, event: JobEvent) -> None:
-        # Through the sink, so that dedup applies and other processes learn it too;
-        # then read back what the store kept, since the first terminal event wins.
+        # Through the sink, so that dedup applies and other processes learn it too; the
+        # publish settles this slot with what the store kept, since the first event wins.
         try:
             await self._sink.publish(event, via="poll")
-            await self.recheck([job_id])
         except SinkUnavailableError as exc:
             logger.warning("polled outcome of job %s not stored: %s", job_id, exc)
             slot.settle(Outcome(event, "poll"))

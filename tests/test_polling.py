@@ -298,6 +298,26 @@ class TestBackstopWithSink:
         assert sink.stats().duplicates == 1
 
     @pytest.mark.anyio
+    async def test_polled_outcome_loses_to_the_stored_first_one(self) -> None:
+        """A poll that finds a different event than the store kept gives the stored one."""
+
+        class LaggingSink(InMemorySink):
+            async def get_outcomes(self, job_ids: Sequence[str]) -> dict[str, Outcome]:
+                return {}  # a read that misses what was stored (a lagging replica, say)
+
+        stub, sink = StubCobalt(), LaggingSink()
+        receiver = WebhookReceiver(sink, secrets=[SECRET])
+        stub.records = [new_record(task_created_payload())]
+        policy = PollPolicy(silence=0.05, max_silence=0.05)
+        async with make_client(stub, sink=sink, poll=policy) as client:
+            handle = await create_task(client)
+            await deliver(receiver, task_failed_payload())
+            with anyio.fail_after(2), pytest.raises(JobFailedError):
+                await handle
+        assert 1 == sink.stats().conflicts
+        assert [JOB] == [poll.url.params["job_id"] for poll in stub.polls]
+
+    @pytest.mark.anyio
     async def test_waiters_of_one_job_share_its_backstop_poll(self) -> None:
         """Two handles of one job: one poll per period, not one per waiter."""
         stub, sink = StubCobalt(), InMemorySink()
