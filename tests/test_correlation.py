@@ -514,6 +514,7 @@ class TestInterleavings:
         sink = GatedSink()
         with anyio.fail_after(2), pytest.raises(JobTimeoutError):
             await sink.wait_for(JOB, timeout=0.05)
+        assert sink.read_entered.is_set()
         assert sink.stats().pending == 0
 
     @pytest.mark.anyio
