@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias, TypedDict
 
 import anyio
+import httpx
+
+from cobalt_async import CobaltClient, PollPolicy
+from cobalt_async.sinks import Sink
 
 Op: TypeAlias = Literal[">=", "<=", "=="]
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -39,6 +43,20 @@ CREDENTIALS: Credentials = {
     "client_secret": CLIENT_SECRET,
     "access_token": ACCESS_TOKEN,
 }
+
+NO_POLL = PollPolicy(silence=3600.0, max_silence=3600.0)
+"""A backstop an hour away: no poll fires while a benchmark runs."""
+
+
+def _unreachable(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"a benchmark sent {request.method} {request.url} to Cobalt")
+
+
+def offline_client(sink: Sink, **options: Any) -> CobaltClient:
+    """A client on *sink* that fails any request it would send to Cobalt."""
+    return CobaltClient(
+        **CREDENTIALS, sink=sink, transport=httpx.MockTransport(_unreachable), **options
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,23 +7,17 @@ import time
 from collections.abc import Sequence
 
 import anyio
-import httpx
 from anyio.abc import TaskGroup
 
-from cobalt_async import CobaltClient, PollPolicy
 from cobalt_async.asgi import WebhookApp
 
-from ._common import CREDENTIALS, Metric, Sizes, Target, median
+from ._common import NO_POLL, Metric, Sizes, Target, median, offline_client
 from ._ingest import Delivery, Exchange, Waiters, deliveries, drive, sdk_app
 
 NAME = "scaling"
 TITLE = "CPU per resolved event (WebhookApp + `await handle` resuming), many pending handles / few"
 TARGET = Target("ratio", "<=", 1.3)
 UNIT = "us/event"
-
-
-def _unreachable(request: httpx.Request) -> httpx.Response:
-    raise AssertionError(f"the scaling benchmark sent {request.method} {request.url}")
 
 
 class _Bench:
@@ -37,14 +31,8 @@ class _Bench:
     def __init__(self, pending: int, events: int, label: str) -> None:
         self.app: WebhookApp
         self.app, sink = sdk_app(events * 64)
-        client = CobaltClient(
-            **CREDENTIALS,
-            sink=sink,
-            transport=httpx.MockTransport(_unreachable),
-            poll=PollPolicy(silence=3600.0, max_silence=3600.0),
-            job_timeout=None,
-        )
-        self.waiters = Waiters(sink, client)
+        self.client = offline_client(sink, poll=NO_POLL, job_timeout=None)
+        self.waiters = Waiters(sink, self.client)
         self.bystanders = pending - events
         self.label = label
         self.exchange = Exchange()
@@ -72,7 +60,8 @@ async def measure(sizes: Sizes) -> Metric:
     small = _Bench(sizes.scaling_small, events, "small")
     large = _Bench(sizes.scaling_large, events, "large")
     costs: dict[str, list[float]] = {"small": [], "large": []}
-    async with anyio.create_task_group() as task_group:
+    # Open clients, as users run them: the sinks' shared timers serve every wait.
+    async with small.client, large.client, anyio.create_task_group() as task_group:
         gc.disable()  # set-up only: collections of a growing heap would take minutes
         try:
             await small.start(task_group)

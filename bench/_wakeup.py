@@ -16,20 +16,22 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-import httpx
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from cobalt_async import CobaltClient, InMemorySink, PollPolicy, WebhookReceiver
+from cobalt_async import CobaltClient, InMemorySink, WebhookReceiver
+from cobalt_async.sinks import Sink
 
 from ._common import (
-    CREDENTIALS,
+    NO_POLL,
     WEBHOOK_SECRET,
     Metric,
     Sizes,
     Target,
     median,
+    offline_client,
     percentile,
+    skipped,
     until,
 )
 from ._ingest import deliveries
@@ -46,21 +48,8 @@ REDIS_TITLE = (
 REDIS_TARGET = Target("value", "<=", 5.0)
 UNIT = "ms p99"
 
-_NO_POLL = PollPolicy(silence=3600.0, max_silence=3600.0)
-
-
-def _unreachable(request: httpx.Request) -> httpx.Response:
-    raise AssertionError(f"the wake-up benchmark sent {request.method} {request.url}")
-
-
-def client_for(sink: InMemorySink | object) -> CobaltClient:
-    return CobaltClient(
-        **CREDENTIALS,
-        sink=sink,  # type: ignore[arg-type]
-        transport=httpx.MockTransport(_unreachable),
-        poll=_NO_POLL,
-        job_timeout=None,
-    )
+def client_for(sink: Sink) -> CobaltClient:
+    return offline_client(sink, poll=NO_POLL, job_timeout=None)
 
 
 def _summary(prefix: str, latencies: Sequence[float]) -> dict[str, float]:
@@ -91,7 +80,7 @@ async def inprocess_sdk(samples: int, *, through_handle: bool = True) -> list[fl
         woke_at = time.perf_counter()
         done.set()
 
-    async with anyio.create_task_group() as task_group:
+    async with client, anyio.create_task_group() as task_group:
         for item in deliveries(samples):
             done = anyio.Event()
             task_group.start_soon(waiter, item.job_id, done)
@@ -279,15 +268,8 @@ async def redis_samples(url: str, samples: int) -> dict[str, list[float]]:
 
 async def measure_redis(sizes: Sizes) -> Metric:
     if redis_server_binary() is None:
-        return Metric(
-            REDIS_NAME,
-            REDIS_TITLE,
-            None,
-            None,
-            UNIT,
-            REDIS_TARGET,
-            skipped="skipped: no redis-server on PATH (apt-get install redis-server)",
-        )
+        reason = "skipped: no redis-server on PATH (apt-get install redis-server)"
+        return skipped(REDIS_NAME, REDIS_TITLE, UNIT, REDIS_TARGET, reason)
     with redis_server() as url:
         ping = await _ping_rtt(url, 500)
         results = await redis_samples(url, sizes.redis_samples)
