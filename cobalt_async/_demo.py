@@ -109,18 +109,17 @@ class _Pipeline:
         self.deadline = deadline
         self.note_slots = anyio.CapacityLimiter(concurrency)
 
-    async def follow(self, handle: JobHandle[Any]) -> JobHandle[Any] | None:
-        """Wait for *handle* until the deadline; None when its outcome stays unknown."""
+    async def follow(self, handle: JobHandle[Any]) -> None:
+        """Wait for *handle* until the deadline; a job still unknown then counts as lost."""
         try:
             await handle.wait(timeout=max(0.0, self.deadline - anyio.current_time()))
         except JobFailedError:
             pass
         except JobTimeoutError:
             self.tally.lost.append(handle.job_id)
-            return None
+            return
         self.tally.settle(handle, self.fake.expected_failures)
         self.progress.resolved()
-        return handle
 
     async def follow_task(self, handle: JobHandle[TaskCreatedEvent]) -> None:
         await self.follow(handle)
