@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import enum
 import os
 from types import TracebackType
 from typing import Self
@@ -21,11 +20,6 @@ _ENV = {
     "client_secret": "COBALT_CLIENT_SECRET",
     "access_token": "COBALT_ACCESS_TOKEN",
 }
-
-
-class _State(enum.Enum):
-    OPEN = "open"
-    CLOSED = "closed"
 
 
 class CobaltClient:
@@ -94,14 +88,14 @@ class CobaltClient:
             job_timeout=job_timeout,
         )
         self.tasks = Tasks(self._requester, self.jobs)
-        self._state = _State.OPEN
         self._sink_entered = False
 
     def __repr__(self) -> str:
-        return f"<CobaltClient base_url={self.base_url!r} {self._state.value}>"
+        state = "closed" if self._requester.closed else "open"
+        return f"<CobaltClient base_url={self.base_url!r} {state}>"
 
     async def __aenter__(self) -> Self:
-        if self._state is _State.CLOSED:
+        if self._requester.closed:
             msg = "a closed CobaltClient cannot be reopened; create a new one"
             raise ClientClosedError(msg)
         # A sink with a listener (RedisSink) runs it for as long as the client is open.
@@ -124,9 +118,8 @@ class CobaltClient:
 
     async def aclose(self) -> None:
         """Close the HTTP client this client built. Handles keep their known outcomes."""
-        if self._state is _State.CLOSED:
+        if self._requester.closed:
             return
-        self._state = _State.CLOSED
         self._requester.closed = True
         if self._owns_http:
             await self._requester.http.aclose()
