@@ -245,6 +245,20 @@ class TestResponses:
 
         assert "12345" == TaskNoteCreated.model_validate_json(body).job_id
 
+    @pytest.mark.parametrize(
+        "job_id",
+        [b"1.5", b"true", b"NaN", b"null", b"[1]"],
+        ids=["float", "bool", "nan", "null", "list"],
+    )
+    def test_a_job_id_neither_string_nor_integer_is_refused(self, job_id: bytes) -> None:
+        """Only whole numbers are ids: a float would not round-trip to the id Cobalt meant."""
+        body = b'{"success": true, "task_note_id": "abc", "job_id": ' + job_id + b"}"
+
+        with pytest.raises(ValidationError, match="should be a string or an integer") as caught:
+            TaskNoteCreated.model_validate_json(body)
+
+        assert [("job_id",)] == [error["loc"] for error in caught.value.errors()]
+
 
 class TestEventFromRecord:
     """event_from_record(): both record shapes of GET /v1/webhook-events (cobalt-api.md §7.2)."""
