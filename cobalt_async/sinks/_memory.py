@@ -19,15 +19,6 @@ _MULTI_WORKER_HINT = (
 )
 
 
-class _Stored:
-    __slots__ = ("claimed", "expires", "outcome")
-
-    def __init__(self, outcome: Outcome, expires: float, claimed: bool) -> None:
-        self.outcome = outcome
-        self.expires = expires
-        self.claimed = claimed
-
-
 class InMemorySink(Sink):
     """
     The sink for one process: outcomes and dedup ids in bounded, expiring dicts.
@@ -55,11 +46,14 @@ class InMemorySink(Sink):
         self.max_outcomes = max_outcomes
         self.dedup_ttl = dedup_ttl
         self.max_dedup_ids = max_dedup_ids
-        self._outcomes: OrderedDict[str, _Stored] = OrderedDict()
+        # Each outcome with its expiry, in expiry order (one TTL): eviction pops the front.
+        self._outcomes: OrderedDict[str, tuple[Outcome, float]] = OrderedDict()
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._evicted = 0
         # No entry expires before this: most calls to _purge end at this comparison.
         self._soonest = math.inf
+        # Stored while nobody here awaited them, and not read since.
+        self._unclaimed_ids: set[str] = set()
         self._unclaimed_count = 0
         self._warned = False
 
@@ -72,21 +66,27 @@ class InMemorySink(Sink):
         for job_id in job_ids:
             stored = self._outcomes.get(job_id)
             if stored is not None:
-                stored.claimed = True
-                found[job_id] = stored.outcome
+                self._unclaimed_ids.discard(job_id)
+                found[job_id] = stored[0]
         return found
 
     async def _put_if_absent(self, job_id: str, outcome: Outcome) -> Outcome | None:
-        now = self._purge()
-        stored = self._outcomes.get(job_id)
+        # Once per webhook: the expiry check is inlined, so _purge runs only when something
+        # can have expired or the bound is passed.
+        outcomes = self._outcomes
+        now = time.monotonic()
+        if now >= self._soonest:
+            self._purge()
+        stored = outcomes.get(job_id)
         if stored is not None:
-            return stored.outcome
-        awaited = self._correlator.is_awaited(job_id)
+            return stored[0]
         expires = now + self.outcome_ttl
-        self._outcomes[job_id] = _Stored(outcome, expires, awaited)
+        outcomes[job_id] = (outcome, expires)
         if expires < self._soonest:
             self._soonest = expires
-        if len(self._outcomes) > self.max_outcomes:
+        if not self._correlator.is_awaited(job_id):
+            self._unclaimed_ids.add(job_id)
+        if len(outcomes) > self.max_outcomes:
             self._purge()
         return None
 
@@ -117,17 +117,18 @@ class InMemorySink(Sink):
             return now
         # Both dicts are in expiry order (one TTL each), so expiry pops from the front.
         while outcomes and (
-            len(outcomes) > self.max_outcomes or next(iter(outcomes.values())).expires <= now
+            len(outcomes) > self.max_outcomes or next(iter(outcomes.values()))[1] <= now
         ):
-            _, stored = outcomes.popitem(last=False)
+            job_id, _ = outcomes.popitem(last=False)
             self._evicted += 1
-            if not stored.claimed:
+            if job_id in self._unclaimed_ids:
+                self._unclaimed_ids.discard(job_id)
                 self._note_unclaimed()
         while seen and (len(seen) > self.max_dedup_ids or next(iter(seen.values())) <= now):
             seen.popitem(last=False)
             self._evicted += 1
         self._soonest = min(
-            next(iter(outcomes.values())).expires if outcomes else math.inf,
+            next(iter(outcomes.values()))[1] if outcomes else math.inf,
             next(iter(seen.values())) if seen else math.inf,
         )
         return now
