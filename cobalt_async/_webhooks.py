@@ -120,9 +120,9 @@ _WANTED: dict[str | bytes, int] = {
 }
 
 
-def _delivery_headers(headers: Headers) -> tuple[_HeaderValue, _HeaderValue, _HeaderValue]:
+def _delivery_headers(headers: Headers) -> tuple[_HeaderValue, str | None, _HeaderValue]:
     """
-    Signature, delivery id and ``Content-Length``, as sent.
+    Signature, delivery id (as text) and ``Content-Length``, as sent.
 
     Names are case-insensitive; of a repeated header, the last value counts (if a sender
     mixes spellings of one name, the lower-case one may win: the HMAC decides either way).
@@ -135,14 +135,14 @@ def _delivery_headers(headers: Headers) -> tuple[_HeaderValue, _HeaderValue, _He
         delivery_id = by_name.get(_DELIVERY_ID_KEY)
         length = by_name.get(_CONTENT_LENGTH_KEY)
         if signature is not None and delivery_id is not None and length is not None:
-            return signature, delivery_id, length
+            return signature, _text(delivery_id), length
     scanned: list[_HeaderValue] = [None, None, None]
     pairs = headers.items() if isinstance(headers, Mapping) else headers
     for key, value in pairs:
         slot = _WANTED.get(key.lower())
         if slot is not None:
             scanned[slot] = value
-    return scanned[0], scanned[1], scanned[2]
+    return scanned[0], _text(scanned[1]), scanned[2]
 
 
 def _text(value: _HeaderValue) -> str | None:
@@ -172,6 +172,9 @@ class Receipt:
     outcome: ReceiptOutcome
     detail: str
     event: Event | None = None
+
+
+_STORED = {result: Receipt(200, result, result) for result in ("accepted", "duplicate", "conflict")}
 
 
 class WebhookReceiver:
@@ -216,29 +219,28 @@ class WebhookReceiver:
             raise TypeError(msg)
         signature, delivery_id, _ = _delivery_headers(headers)
         body = body if type(body) is bytes else bytes(body)
-        receipt = await self._ingest(body, signature, _text(delivery_id))
+        receipt = await self._ingest(body, signature, delivery_id)
         if dispatch:
             await self.dispatch(receipt)
         return receipt
 
     async def _ingest(
-        self, body: bytes, signature: str | bytes | None, delivery_id: str | None
+        self,
+        body: bytes,
+        signature: str | bytes | None,
+        delivery_id: str | None,
+        *,
+        keep_event: bool = True,
     ) -> Receipt:
-        """Everything :meth:`receive` does but dispatch, from the headers it reads."""
-        if len(body) > self.max_body_bytes:
-            return Receipt(413, "too_large", f"body over {self.max_body_bytes} bytes")
-        try:
-            parsed = self._verifier.verify(body, signature)
-        except WebhookVerificationError as exc:
-            logger.warning("webhook refused: %s", exc)
-            return Receipt(401, "unauthorized", str(exc))
-        try:
-            event = parse_event(body if parsed is _RAW else parsed)
-        except ValidationError:
-            return Receipt(400, "invalid", "the signed body is not a Cobalt event")
-        return await self._publish(event, delivery_id)
+        """
+        Everything :meth:`receive` does but dispatch, from the headers it reads.
 
-    async def _publish(self, event: Event, delivery_id: str | None) -> Receipt:
+        With ``keep_event=False`` a stored event's receipt is a shared one, without the event:
+        for callers that only answer its status.
+        """
+        event = self._verified(body, signature)
+        if isinstance(event, Receipt):
+            return event
         try:
             if getattr(self.sink, "stores_in_process", False):
                 result = await self.sink.publish(event, delivery_id=delivery_id)
@@ -249,7 +251,21 @@ class WebhookReceiver:
             logger.error("webhook for job %s not stored, answering 503: %s", event.job_id, exc)
             return Receipt(503, "unavailable", "the sink could not store the event", event)
         logger.debug("webhook %s for job %s: %s", event.type, event.job_id, result)
-        return Receipt(200, result, result, event)
+        return Receipt(200, result, result, event) if keep_event else _STORED[result]
+
+    def _verified(self, body: bytes, signature: str | bytes | None) -> Event | Receipt:
+        """The delivery's event, or the receipt that refuses it."""
+        if len(body) > self.max_body_bytes:
+            return Receipt(413, "too_large", f"body over {self.max_body_bytes} bytes")
+        try:
+            parsed = self._verifier.verify(body, signature)
+        except WebhookVerificationError as exc:
+            logger.warning("webhook refused: %s", exc)
+            return Receipt(401, "unauthorized", str(exc))
+        try:
+            return parse_event(body if parsed is _RAW else parsed)
+        except ValidationError:
+            return Receipt(400, "invalid", "the signed body is not a Cobalt event")
 
     async def dispatch(self, receipt: Receipt) -> None:
         """Run the *on_event* hook for a newly accepted event; its errors are logged, not raised."""

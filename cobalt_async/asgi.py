@@ -15,7 +15,7 @@ import functools
 import json
 
 from ._types import Message, Receive, Scope, Send
-from ._webhooks import WebhookReceiver, _delivery_headers, _text
+from ._webhooks import WebhookReceiver, _delivery_headers
 
 __all__ = ["WebhookApp"]
 
@@ -55,11 +55,14 @@ class WebhookApp:
             await _send_too_large(send)
             return
         # The headers are read already: straight to the receiver's ingestion, as receive()
-        # would go after reading them.
-        receipt = await self.receiver._ingest(body, signature, _text(delivery_id))
+        # would go after reading them. Without a hook, only the receipt's status is used.
+        hook = self.receiver.on_event
+        receipt = await self.receiver._ingest(
+            body, signature, delivery_id, keep_event=hook is not None
+        )
         await _send_status(send, receipt.status_code, receipt.outcome)
         # Only now: a slow or failing hook must not delay the answer past Cobalt's 5 s.
-        if self.receiver.on_event is not None:
+        if hook is not None:
             await self.receiver.dispatch(receipt)
 
 
