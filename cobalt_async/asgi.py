@@ -48,10 +48,14 @@ class WebhookApp:
             await _send_too_large(send)
             return
         try:
-            body = await _read_body(receive, limit)
+            message = await receive()
+            body = _chunk(message)
+            # Nearly every delivery arrives in one message, taken as it is.
+            if message.get("more_body", False):
+                body = await _read_rest(body, receive, limit)
         except _Disconnected:
             return  # Cobalt hung up; it retries on its own schedule.
-        if body is None:
+        if len(body) > limit:
             await _send_too_large(send)
             return
         # The headers are read already: straight to the receiver's ingestion, as receive()
@@ -60,7 +64,9 @@ class WebhookApp:
         receipt = await self.receiver._ingest(
             body, signature, delivery_id, keep_event=hook is not None
         )
-        await _send_status(send, receipt.status_code, receipt.outcome)
+        start, answer = _answer(receipt.status_code, receipt.outcome)
+        await send(start)
+        await send(answer)
         # Only now: a slow or failing hook must not delay the answer past Cobalt's 5 s.
         if hook is not None:
             await self.receiver.dispatch(receipt)
@@ -70,20 +76,15 @@ class _Disconnected(Exception):
     """The client went away before the whole body arrived."""
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """Collect a body; ``None`` as soon as it passes *limit*, without reading the rest."""
-    message = await receive()
-    first = _chunk(message)
-    if not message.get("more_body", False):
-        # The usual case: the whole body in one message, taken as it is.
-        return first if len(first) <= limit else None
+async def _read_rest(first: bytes, receive: Receive, limit: int) -> bytes:
+    """Collect the rest of a body; stop reading as soon as it passes *limit*."""
     body = bytearray(first)
     while len(body) <= limit:
         message = await receive()
         body += _chunk(message)
         if not message.get("more_body", False):
-            return bytes(body) if len(body) <= limit else None
-    return None
+            break
+    return bytes(body)
 
 
 def _chunk(message: Message) -> bytes:
@@ -107,18 +108,25 @@ _Headers = tuple[tuple[bytes, bytes], ...]
 
 
 @functools.cache
-def _answer(outcome: str, extra: _Headers) -> tuple[_Headers, bytes]:
+def _answer_parts(outcome: str, extra: _Headers) -> tuple[_Headers, bytes]:
     """Headers and body of an answer: only the outcome, never the body or a secret."""
     body = json.dumps({"status": outcome}, separators=(",", ":")).encode()
     length = str(len(body)).encode()
     return ((b"content-type", b"application/json"), (b"content-length", length), *extra), body
 
 
-async def _send_status(send: Send, status: int, outcome: str, extra: _Headers = ()) -> None:
-    headers, body = _answer(outcome, extra)
+def _answer(status: int, outcome: str, extra: _Headers = ()) -> tuple[Message, Message]:
+    """The two messages of an answer."""
+    headers, body = _answer_parts(outcome, extra)
     # A fresh list each time: middleware may change the headers it is sent.
-    await send({"type": "http.response.start", "status": status, "headers": list(headers)})
-    await send({"type": "http.response.body", "body": body})
+    start = {"type": "http.response.start", "status": status, "headers": list(headers)}
+    return start, {"type": "http.response.body", "body": body}
+
+
+async def _send_status(send: Send, status: int, outcome: str, extra: _Headers = ()) -> None:
+    start, body = _answer(status, outcome, extra)
+    await send(start)
+    await send(body)
 
 
 async def _send_too_large(send: Send) -> None:
