@@ -5,27 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
 
-from . import _ingest, _memory, _requests, _scaling, _submit, _wakeup
-from ._common import Metric, Mode, Sizes
-
-Measure = Callable[[Sizes], Awaitable[Metric]]
-
-METRICS: dict[str, Measure] = {
-    "submit": _submit.measure,
-    "ingest": _ingest.measure,
-    "memory": _memory.measure,
-    "wakeup": _wakeup.measure_inprocess,
-    "wakeup_redis": _wakeup.measure_redis,
-    "scaling": _scaling.measure,
-    "requests": _requests.measure,
-}
-"""Short names, in run order; ``--only`` takes these."""
+from ._common import Mode, Sizes
+from ._run import METRICS, run_isolated
 
 PROFILED = ("submit", "ingest", "wakeup", "wakeup_redis")
 
@@ -74,14 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_metric(name: str, sizes: Sizes) -> Metric | str:
-    """The metric, or the traceback of its failure (a broken benchmark must not hide others)."""
-    try:
-        return anyio.run(METRICS[name], sizes, backend="asyncio")
-    except Exception:
-        return traceback.format_exc()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     mode: Mode = "smoke" if args.smoke else "quick" if args.quick else "full"
@@ -106,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors = misses = 0
     for name in args.only:
         metric_started = time.perf_counter()
-        result = run_metric(name, sizes)
+        result = run_isolated(name, sizes)
         if isinstance(result, str):
             errors += 1
             print(f"[ERROR] {name}:\n{result}", file=sys.stderr, flush=True)
