@@ -250,7 +250,8 @@ class WebhookReceiver:
         except (SinkUnavailableError, TimeoutError) as exc:
             logger.error("webhook for job %s not stored, answering 503: %s", event.job_id, exc)
             return Receipt(503, "unavailable", "the sink could not store the event", event)
-        logger.debug("webhook %s for job %s: %s", event.type, event.job_id, result)
+        if logger.isEnabledFor(logging.DEBUG):  # one check, not two calls, per delivery
+            logger.debug("webhook %s for job %s: %s", event.type, event.job_id, result)
         return Receipt(200, result, result, event) if keep_event else _STORED[result]
 
     def _verified(self, body: bytes, signature: str | bytes | None) -> Event | Receipt:

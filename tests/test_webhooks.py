@@ -178,6 +178,19 @@ class TestAccepted:
         assert "emr_1" == event.data.emr_task_id
 
     @pytest.mark.anyio
+    @pytest.mark.parametrize("level", [logging.DEBUG, logging.INFO])
+    async def test_a_stored_delivery_is_logged_at_debug_level_only(
+        self, receiver: WebhookReceiver, level: int, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Each delivery's result is one debug line: type, job and result, nothing more."""
+        caplog.set_level(level, logger="cobalt_async")
+
+        await receiver.receive(*signed(task_created("job-1")))
+
+        line = "webhook task.created for job job-1: accepted"
+        assert ([line] if level == logging.DEBUG else []) == caplog.messages
+
+    @pytest.mark.anyio
     async def test_delivery_wakes_a_waiter_that_is_already_waiting(
         self, receiver: WebhookReceiver, sink: InMemorySink
     ) -> None:
