@@ -3,7 +3,7 @@ Benchmarks of cobalt_async that print ratios, not just times.
 
 Absolute times on a shared machine are noise, so every metric is measured next to a
 baseline in the same run (alternated or interleaved with it, medians taken) and printed with
-their ratio, its target and PASS/FAIL::
+their ratio, its target and PASS/FAIL. Each metric runs in a fresh interpreter::
 
     python -m bench                    # the full run (a few minutes)
     python -m bench --quick            # smaller sizes, under 60 s
@@ -17,7 +17,7 @@ Metrics (short names for ``--only``):
   the simulator in its own process; requests/s, target ratio >= 0.90.
 - ``ingest``: ``WebhookApp`` (verify, parse, dedup, store, wake a pending waiter) driven by
   direct ASGI calls vs an app that only checks the HMAC and calls ``json.loads``; events/s
-  (CPU time), target ratio >= 0.60.
+  (CPU time), target ratio >= 0.60; the pair is measured again on a fragmented heap.
 - ``memory``: tracemalloc bytes per pending awaited handle, net of a task awaiting a bare
   ``anyio.Event``; target <= 1 KiB.
 - ``wakeup``: ``receive()`` returning -> the code after ``await handle`` running, in-process,
