@@ -278,7 +278,6 @@ class Tasks:
         await self._jobs.track(handle)
         return handle
 
-
     async def create_many(
         self,
         items: Iterable[TaskCreateParams | TaskCreateRequest],
@@ -302,6 +301,7 @@ class Tasks:
             concurrency=concurrency,
             on_progress=on_progress,
         )
+
 
 def _body(request: BaseModel) -> bytes:
     return request.model_dump_json(exclude_none=True).encode()

@@ -20,7 +20,6 @@ from ._webhooks import WebhookReceiver, _delivery_headers
 __all__ = ["WebhookApp"]
 
 
-
 class WebhookApp:
     """
     An ASGI app that hands every ``POST`` to a :class:`~cobalt_async.WebhookReceiver`.

@@ -292,5 +292,3 @@ class _WebhookEndpoint:
 
 
 _webhook_endpoint = _WebhookEndpoint()
-
-
