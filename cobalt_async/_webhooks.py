@@ -174,6 +174,8 @@ class Receipt:
     event: Event | None = None
 
 
+# A publish's results (the sinks' PublishResult) with their receipts, shared: a receipt is
+# immutable, and these carry no event, for callers that only answer the status.
 _STORED = {result: Receipt(200, result, result) for result in ("accepted", "duplicate", "conflict")}
 
 
@@ -252,7 +254,8 @@ class WebhookReceiver:
             return Receipt(503, "unavailable", "the sink could not store the event", event)
         if logger.isEnabledFor(logging.DEBUG):  # one check, not two calls, per delivery
             logger.debug("webhook %s for job %s: %s", event.type, event.job_id, result)
-        return Receipt(200, result, result, event) if keep_event else _STORED[result]
+        shared = None if keep_event else _STORED.get(result)
+        return shared or Receipt(200, result, result, event)
 
     def _verified(self, body: bytes, signature: str | bytes | None) -> Event | Receipt:
         """The delivery's event, or the receipt that refuses it."""

@@ -63,6 +63,7 @@ class WebhookApp:
         receipt = await self.receiver._ingest(
             body, signature, delivery_id, keep_event=hook is not None
         )
+        # As _send_status does, without a coroutine of its own on the path of every delivery.
         start, answer = _answer(receipt.status_code, receipt.outcome)
         await send(start)
         await send(answer)

@@ -198,6 +198,15 @@ class SlowSink(InMemorySink):
         raise AssertionError
 
 
+class OwnResultSink(InMemorySink):
+    """A third-party sink that answers a result of its own."""
+
+    async def publish(
+        self, event: Event, *, delivery_id: str | None = None, via: str = "webhook"
+    ) -> PublishResult:
+        return "queued"  # type: ignore[return-value]
+
+
 class EndlessBody(httpx.AsyncByteStream):
     """A chunked request body that never ends; ``chunks`` counts the chunks read from it."""
 
@@ -323,6 +332,19 @@ async def test_early_arrival_resolves_a_later_wait(
     outcome = await sink.wait_for("7", timeout=1)
 
     assert "emr-7" == outcome.event.data.emr_task_id
+
+
+async def test_a_sink_result_of_its_own_is_answered_as_it_was_before() -> None:
+    """Without a hook the app answers from shared receipts; one it has none for is built."""
+    app = WebhookApp(WebhookReceiver(OwnResultSink(), secrets=[SECRET]))
+    body, headers = signed_delivery(_CREATED, SECRET)
+    transport = httpx.ASGITransport(app=app)
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as http:
+        with anyio.fail_after(2):
+            response = await http.post("/", content=body, headers=headers)
+
+    assert (200, {"status": "queued"}) == (response.status_code, response.json())
 
 
 @pytest.mark.parametrize("sink_class", [FailingSink, SlowSink])

@@ -245,6 +245,14 @@ class TestResponses:
 
         assert "12345" == TaskNoteCreated.model_validate_json(body).job_id
 
+    def test_the_job_id_schema_accepts_both_and_always_answers_a_string(self) -> None:
+        """Input: a string or an integer (what Cobalt sends); output: always a string."""
+        validation = TaskNoteCreated.model_json_schema()["properties"]["job_id"]
+        serialization = TaskNoteCreated.model_json_schema(mode="serialization")["properties"]
+
+        assert [{"type": "string"}, {"type": "integer"}] == validation["anyOf"]
+        assert "string" == serialization["job_id"]["type"]
+
     @pytest.mark.parametrize(
         "job_id",
         [b"1.5", b"true", b"NaN", b"null", b"[1]"],

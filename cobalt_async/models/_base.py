@@ -26,6 +26,8 @@ class _StrOrInteger:
             mode="left_to_right",
             custom_error_type="string_or_integer_type",
             custom_error_message="Input should be a string or an integer",
+            # Always a str once validated: a JSON Schema of the output says "string".
+            serialization=core_schema.to_string_ser_schema(),
         )
 
 
