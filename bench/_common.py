@@ -92,7 +92,7 @@ class Metric:
     details: dict[str, Any] = field(default_factory=dict)
     skipped: str | None = None
     seconds: float | None = None
-    """Wall time the metric took to measure."""
+    """Wall time the metric took, its fresh interpreter's start included."""
     paired_ratio: float | None = None
     """The median of per-round ratios, when rounds were paired: it replaces value/baseline,
     since pairing cancels the drift of a shared machine between rounds."""
