@@ -305,6 +305,15 @@ async def http(receiver: WebhookReceiver) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+async def _deliver_once(receiver: WebhookReceiver) -> httpx.Response:
+    """One signed ``task.created`` delivery through a :class:`WebhookApp`, answered within 2 s."""
+    body, headers = signed_delivery(_CREATED, SECRET)
+    transport = httpx.ASGITransport(app=WebhookApp(receiver))
+    async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as http:
+        with anyio.fail_after(2):
+            return await http.post("/", content=body, headers=headers)
+
+
 # -- tests ------------------------------------------------------------------------------------
 
 
@@ -336,13 +345,7 @@ async def test_early_arrival_resolves_a_later_wait(
 
 async def test_a_sink_result_of_its_own_is_answered_as_it_was_before() -> None:
     """Without a hook the app answers from shared receipts; one it has none for is built."""
-    app = WebhookApp(WebhookReceiver(OwnResultSink(), secrets=[SECRET]))
-    body, headers = signed_delivery(_CREATED, SECRET)
-    transport = httpx.ASGITransport(app=app)
-
-    async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as http:
-        with anyio.fail_after(2):
-            response = await http.post("/", content=body, headers=headers)
+    response = await _deliver_once(WebhookReceiver(OwnResultSink(), secrets=[SECRET]))
 
     assert (200, {"status": "queued"}) == (response.status_code, response.json())
 
@@ -355,13 +358,8 @@ async def test_sink_that_cannot_store_answers_503_in_time(
     receiver = WebhookReceiver(
         sink_class(), secrets=[SECRET], publish_timeout=0.2, on_event=hooked.append
     )
-    app = WebhookApp(receiver)
-    body, headers = signed_delivery(_CREATED, SECRET)
-    transport = httpx.ASGITransport(app=app)
 
-    async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as http:
-        with anyio.fail_after(2):
-            response = await http.post("/", content=body, headers=headers)
+    response = await _deliver_once(receiver)
 
     assert (503, {"status": "unavailable"}) == (response.status_code, response.json())
     assert [] == hooked
