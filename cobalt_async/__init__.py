@@ -22,7 +22,8 @@ from ._errors import (
     SinkUnavailableError,
     WebhookVerificationError,
 )
-from ._handles import JobHandle, JobKind, JobStatus
+from ._handles import JobHandle, JobStatus
+from ._outcome import JobKind
 from ._version import __version__
 from ._webhooks import Receipt, WebhookReceiver, sign_webhook, verify_webhook
 from .models import (

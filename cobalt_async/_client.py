@@ -9,7 +9,8 @@ import httpx
 from ._config import DEFAULT_BASE_URL, DEFAULT_JOB_TIMEOUT, DEFAULT_POLL_POLICY, PollPolicy
 from ._errors import ClientClosedError, ConfigurationError
 from ._http import Credentials, Requester, RetryPolicy
-from ._resources import Jobs, Tasks, WebhookEvents
+from ._jobs import Jobs, WebhookEvents
+from ._resources import Tasks
 from .sinks import InMemorySink, Sink
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)

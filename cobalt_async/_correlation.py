@@ -1,7 +1,8 @@
 """
 The correlation core: one slot per awaited job_id, resolved from a sink's store.
 
-The protocol (reference/correlation.md §6) is written once, here, for every sink:
+The protocol (``docs/correlation.md`` says why it is this one) is written once, here, for
+every sink:
 
 1. wait until the sink's wake-up channel is armed (its position pinned);
 2. register the slot, then read the store: an outcome that arrived before the wait, even
@@ -17,19 +18,17 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, NamedTuple, TypeAlias
+from typing import Protocol
 
 import anyio
 from anyio.abc import TaskStatus
 
 from ._config import PollPolicy
 from ._errors import APIError, JobTimeoutError, SinkUnavailableError
+from ._outcome import Backstop, Outcome, PublishResult, Via
 from .models import JobEvent
-
-if TYPE_CHECKING:
-    from .sinks import Sink
 
 logger = logging.getLogger("cobalt_async.correlation")
 
@@ -37,15 +36,19 @@ POLL_TIMEOUT = 10.0
 """Longest a backstop poll may take before the wait goes on without it."""
 
 
-class Outcome(NamedTuple):
-    """A job's terminal event and how it was learnt: ``"webhook"`` or ``"poll"``."""
+class OutcomeStore(Protocol):
+    """What the correlator needs of a sink: its store, its wake-ups, its registry."""
 
-    event: JobEvent
-    via: str
+    @property
+    def stores_in_process(self) -> bool: ...
 
+    async def armed(self) -> None: ...
 
-Backstop: TypeAlias = Callable[[str], Awaitable[JobEvent | None]]
-"""Asks Cobalt for a job's terminal event (``GET /v1/webhook-events?job_id=``)."""
+    async def get_outcomes(self, job_ids: Sequence[str]) -> dict[str, Outcome]: ...
+
+    async def publish(self, event: JobEvent, *, via: Via) -> PublishResult: ...
+
+    async def remove_pending(self, job_id: str) -> None: ...
 
 
 class _Slot:
@@ -76,7 +79,7 @@ class _Slot:
 class Correlator:
     """Slots of the jobs awaited in this process, fed by one sink. Strictly private."""
 
-    def __init__(self, sink: Sink, *, keeps_registry: bool = True) -> None:
+    def __init__(self, sink: OutcomeStore, *, keeps_registry: bool) -> None:
         self._sink = sink
         # Whether a finished wait must remove its job from the sink's pending registry.
         self._keeps_registry = keeps_registry

@@ -2,20 +2,23 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Generator
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar, cast
+from collections.abc import Coroutine, Generator
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from ._config import NOT_GIVEN, NotGiven
 from ._errors import JobFailedError
-from .models import JobEvent, TaskCreatedEvent, TaskNoteCreatedEvent
-from .models._events import FAILURE_TYPES
+from ._outcome import JobKind, Outcome, Via
+from .models import JobEvent, TaskCreatedEvent, TaskNoteCreatedEvent, is_failure
 
-if TYPE_CHECKING:
-    from ._correlation import Outcome
-    from ._resources import Jobs
-
-JobKind: TypeAlias = Literal["task", "task_note"]
 E = TypeVar("E", TaskCreatedEvent, TaskNoteCreatedEvent)
+
+
+class OutcomeSource(Protocol):
+    """Where a handle waits for its job's outcome (``client.jobs``)."""
+
+    def wait_for(
+        self, job_id: str, timeout: float | None | NotGiven
+    ) -> Coroutine[Any, Any, Outcome]: ...
 
 
 class JobStatus(enum.Enum):
@@ -49,7 +52,7 @@ class JobHandle(Generic[E]):
 
     def __init__(
         self,
-        jobs: Jobs,
+        jobs: OutcomeSource,
         job_id: str,
         kind: JobKind,
         *,
@@ -78,8 +81,7 @@ class JobHandle(Generic[E]):
     def status(self) -> JobStatus:
         if self._outcome is None:
             return JobStatus.PENDING
-        failed = self._outcome.event.type in FAILURE_TYPES
-        return JobStatus.FAILED if failed else JobStatus.SUCCEEDED
+        return JobStatus.FAILED if is_failure(self._outcome.event) else JobStatus.SUCCEEDED
 
     @property
     def event(self) -> JobEvent | None:
@@ -87,7 +89,7 @@ class JobHandle(Generic[E]):
         return None if self._outcome is None else self._outcome.event
 
     @property
-    def resolved_via(self) -> str | None:
+    def resolved_via(self) -> Via | None:
         """``"webhook"`` or ``"poll"``: how the outcome was learnt, once known."""
         return None if self._outcome is None else self._outcome.via
 
@@ -115,6 +117,6 @@ class JobHandle(Generic[E]):
             self._outcome = await self._jobs.wait_for(self.job_id, timeout)
             self.resolved_at = time.time()
         event = self._outcome.event
-        if event.type in FAILURE_TYPES:
+        if is_failure(event):
             raise JobFailedError(event)
         return cast(E, event)

@@ -1,9 +1,10 @@
 """
 The one send path: auth headers, error mapping, the retry policy and metadata-only logs.
 
-Retry policy (design §6): a create POST is sent again only when the previous attempt
-provably never reached Cobalt (the connection could not be opened). Everything else that
-may have reached Cobalt raises with ``outcome_unknown=True``. GETs are retried on
+Retry policy: a create POST is sent again only when the previous attempt provably never
+reached Cobalt (the connection could not be opened), since Cobalt has no idempotency keys
+and a duplicate EHR write is worse than an error. Everything else that may have reached
+Cobalt raises with ``outcome_unknown=True``. GETs are retried on
 transport errors, 429 and 5xx, with jittered backoff and ``Retry-After`` honoured.
 """
 
@@ -14,12 +15,14 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from ._errors import (
+    APIError,
     APIStatusError,
     BadRequestError,
     ClientClosedError,
@@ -33,6 +36,8 @@ from ._errors import (
 from .models import ErrorBody
 
 logger = logging.getLogger("cobalt_async.http")
+
+M = TypeVar("M", bound=BaseModel)
 
 MAX_RETRY_AFTER = 60.0
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -151,8 +156,10 @@ class Requester:
         self, method: str, path: str, exc: httpx.TransportError, idempotent: bool
     ) -> CobaltConnectionError:
         sent = not isinstance(exc, _NOT_SENT)
-        error_type = CobaltTimeoutError if isinstance(exc, httpx.TimeoutException) else (
-            CobaltConnectionError
+        error_type = (
+            CobaltTimeoutError
+            if isinstance(exc, httpx.TimeoutException)
+            else (CobaltConnectionError)
         )
         return error_type(
             f"{type(exc).__name__}: could not {'complete' if sent else 'send'} the request",
@@ -198,8 +205,36 @@ class Requester:
             elapsed_ms = (time.perf_counter() - started) * 1000
             logger.debug(
                 "%s %s%s -> %s in %.1f ms (attempt %d)",
-                method, self.base_path, path, status or failure, elapsed_ms, attempt + 1,
+                method,
+                self.base_path,
+                path,
+                status or failure,
+                elapsed_ms,
+                attempt + 1,
             )
+
+
+def parse_answer(
+    model: type[M], response: httpx.Response, *, problem: str, outcome_unknown: bool
+) -> M:
+    """
+    Read Cobalt's answer as *model*.
+
+    Raises:
+        APIError: The answer is not one (a proxy's page, say); the message is *problem*,
+            named by the request's method and full path.
+    """
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        request = response.request
+        raise APIError(
+            problem,
+            method=request.method,
+            path=request.url.path,
+            status_code=response.status_code,
+            outcome_unknown=outcome_unknown,
+        ) from exc
 
 
 def _retryable(status: int) -> bool:

@@ -30,7 +30,7 @@ from hypothesis.stateful import (
 
 from cobalt_async import JobTimeoutError, SinkUnavailableError
 from cobalt_async.models import JobEvent, TaskCreatedEvent, TaskFailedEvent, UnknownEvent
-from cobalt_async.sinks import InMemorySink, Outcome, Sink, _memory
+from cobalt_async.sinks import InMemorySink, Outcome, Sink, StoreStats, _memory
 
 JOB = "777"
 
@@ -326,9 +326,11 @@ class TestSlotHygiene:
     async def test_a_sink_with_a_pending_registry_forgets_a_job_once_its_wait_ends(
         self,
     ) -> None:
-        """A sink that overrides remove_pending hears of every ended wait; others need not."""
+        """A sink that keeps a pending registry hears of every ended wait; others need not."""
 
         class RegistrySink(InMemorySink):
+            keeps_registry = True
+
             def __init__(self) -> None:
                 super().__init__()
                 self.removed: list[str] = []
@@ -381,19 +383,19 @@ class GatedSink(Sink):
             return {job_id: self.store[job_id] for job_id in job_ids if job_id in self.store}
         return snapshot
 
-    async def _put_if_absent(self, job_id: str, outcome: Outcome) -> Outcome | None:
+    async def put_if_absent(self, job_id: str, outcome: Outcome) -> Outcome | None:
         existing = self.store.get(job_id)
         if existing is None:
             self.store[job_id] = outcome
         return existing
 
-    async def _first_seen(self, key: str) -> bool:
+    async def first_seen(self, key: str) -> bool:
         new = key not in self.seen
         self.seen.add(key)
         return new
 
-    def _store_stats(self) -> tuple[int, int, int]:
-        return len(self.store), 0, 0
+    def store_stats(self) -> StoreStats:
+        return StoreStats(buffered=len(self.store))
 
 
 class TestInterleavings:

@@ -40,10 +40,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cobalt_async import Event, InMemorySink, Receipt, SinkStats, UnknownEvent, WebhookReceiver
-from cobalt_async._correlation import Outcome
 from cobalt_async._types import Message, Scope
 from cobalt_async.asgi import WebhookApp
-from cobalt_async.sinks import PublishResult
+from cobalt_async.sinks import Outcome, PublishResult
 
 SECRET = "whsec_fuzz_current_0123456789"
 OLD_SECRET = "whsec_fuzz_previous_9876543210"

@@ -14,6 +14,7 @@ from ._events import (
     TaskNoteFailedEvent,
     UnknownEvent,
     event_from_record,
+    is_failure,
     is_terminal,
     parse_event,
 )
@@ -23,7 +24,7 @@ from ._requests import (
     TaskNoteCreateParams,
     TaskNoteCreateRequest,
 )
-from ._responses import ErrorBody, Pagination, TaskCreated, TaskNoteCreated
+from ._responses import ErrorBody, Pagination, TaskCreated, TaskNoteCreated, WebhookEventList
 
 __all__ = [
     "ErrorBody",
@@ -46,7 +47,9 @@ __all__ = [
     "TaskNoteFailedData",
     "TaskNoteFailedEvent",
     "UnknownEvent",
+    "WebhookEventList",
     "event_from_record",
+    "is_failure",
     "is_terminal",
     "parse_event",
 ]

@@ -170,6 +170,11 @@ def is_terminal(event: Event) -> bool:
     return event.job_id is not None and event.type in _TERMINAL_TYPES
 
 
+def is_failure(event: Event) -> bool:
+    """Whether *event* reports a failed job (``task.failed``, ``task_note.failed``)."""
+    return event.type in FAILURE_TYPES
+
+
 def event_from_record(record: Mapping[str, Any]) -> Event:
     """
     Parse one item of ``GET /v1/webhook-events`` into an event.

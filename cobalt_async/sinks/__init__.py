@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .._correlation import Outcome
-from ._base import PendingJob, PublishResult, Sink, SinkStats
+from .._outcome import Outcome, PendingJob, PublishResult
+from ._base import Sink, SinkStats, StoreStats
 from ._memory import InMemorySink
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ __all__ = [
     "RedisSink",
     "Sink",
     "SinkStats",
+    "StoreStats",
 ]
 
 

@@ -1,22 +1,59 @@
+"""
+The ``Sink`` base class: the shared half of every sink, and the interface a sink implements.
+
+A sink implements four methods; ``docs/writing-a-sink.md`` walks through one. Each must keep
+its promise under concurrency, from any number of processes sharing the store:
+
+``put_if_absent(job_id, outcome)``
+    Store *outcome* unless one is stored for *job_id*, atomically (never read-then-write
+    across processes); return the stored one, or ``None`` when this call stored it. The
+    first terminal event per job wins.
+``get_outcomes(job_ids)``
+    Return what is stored for those ids; leave absent ids out. Stored outcomes stay
+    readable until their TTL, whether or not anyone waited.
+``first_seen(key)``
+    Remember a delivery key atomically; return whether this call was the first to see it.
+``store_stats()``
+    Counters of the store, as a ``StoreStats``; zeros where the sink keeps none.
+
+A sink whose store lives outside the process also wakes waiters here when another process
+stores an outcome (by calling ``await self.recheck(job_ids)``, and ``await self.recheck()``
+after its wake-up channel reconnected), implements ``armed()`` so that a
+wait registered after it returns cannot miss such a wake-up, and sets ``keeps_registry``
+if it implements the pending registry (``add_pending``/``remove_pending``/``list_pending``).
+"""
+
 from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, Literal, Self, TypeAlias
+from typing import Any, ClassVar, NamedTuple, Self
 
 import anyio
 from anyio.abc import TaskGroup
 
 from .._config import DEFAULT_POLL_POLICY, PollPolicy
-from .._correlation import Backstop, Correlator, Outcome
+from .._correlation import Correlator
+from .._outcome import Backstop, Outcome, PendingJob, PublishResult, Via
 from ..models import Event, JobEvent, is_terminal
 
 logger = logging.getLogger("cobalt_async.sinks")
 
-PublishResult: TypeAlias = Literal["accepted", "duplicate", "conflict"]
+
+class StoreStats(NamedTuple):
+    """What :meth:`Sink.store_stats` reports about the store; zeros where none is kept."""
+
+    buffered: int = 0
+    """Outcomes held in this process (0 for sinks that keep them elsewhere)."""
+    evicted: int = 0
+    """Outcomes and dedup ids dropped by TTL or size bound."""
+    reconnects: int = 0
+    """Times the wake-up channel reconnected (each followed by a re-read)."""
+    unclaimed: int = 0
+    """Outcomes that expired before any wait in this process read them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,18 +78,6 @@ class SinkStats:
     """Outcomes that expired before any wait in this process read them."""
 
 
-@dataclass(frozen=True, slots=True)
-class PendingJob:
-    """A submitted job whose outcome was not yet read, as kept by a durable sink."""
-
-    job_id: str
-    kind: str
-    submitted_at: float
-    """Unix time of the submission."""
-    deadline: float | None = None
-    """Unix time after which the entry may be forgotten."""
-
-
 class Sink(abc.ABC):
     """
     Where terminal outcomes are stored, and how waiters of this process are woken.
@@ -68,12 +93,13 @@ class Sink(abc.ABC):
     Only ``InMemorySink`` sets it; a subclass that stores remotely must set it back to False.
     """
 
+    keeps_registry: ClassVar[bool] = False
+    """Whether the sink keeps the pending registry, so a finished wait must leave it."""
+
     def __init__(self) -> None:
         self._users = 0
         self._task_group: TaskGroup | None = None
-        # Only a sink that overrides remove_pending keeps a registry to clean up after waits.
-        keeps_registry = type(self).remove_pending is not Sink.remove_pending
-        self._correlator = Correlator(self, keeps_registry=keeps_registry)
+        self._correlator = Correlator(self, keeps_registry=self.keeps_registry)
         self._duplicates = 0
         self._conflicts = 0
 
@@ -84,24 +110,38 @@ class Sink(abc.ABC):
         """Read the stored outcomes of *job_ids*; absent ids are left out."""
 
     @abc.abstractmethod
-    async def _put_if_absent(self, job_id: str, outcome: Outcome) -> Outcome | None:
-        """Store *outcome* unless one exists; return the existing one, or ``None``."""
+    async def put_if_absent(self, job_id: str, outcome: Outcome) -> Outcome | None:
+        """Store *outcome* unless one exists, atomically; return the existing one, or ``None``."""
 
     @abc.abstractmethod
-    async def _first_seen(self, key: str) -> bool:
-        """Remember a delivery key; whether it was new."""
+    async def first_seen(self, key: str) -> bool:
+        """Remember a delivery key, atomically; whether this call saw it first."""
 
     @abc.abstractmethod
-    def _store_stats(self) -> tuple[int, int, int]:
-        """``(buffered, evicted, reconnects)``."""
+    def store_stats(self) -> StoreStats:
+        """Counters of the store."""
 
     async def armed(self) -> None:
         """Return once a wait registered now cannot miss a wake-up."""
 
+    # For the sink's own wake-ups.
+
+    def is_awaited(self, job_id: str) -> bool:
+        """Whether a wait in this process is registered for *job_id*."""
+        return self._correlator.is_awaited(job_id)
+
+    async def recheck(self, job_ids: Iterable[str] | None = None) -> None:
+        """
+        Re-read the store for *job_ids* (default: every wait of this process); wake the settled.
+
+        Call it when another process stored outcomes, and after a lost wake-up channel is back.
+        """
+        await self._correlator.recheck(job_ids)
+
     # The shared protocol.
 
     async def publish(
-        self, event: Event, *, delivery_id: str | None = None, via: str = "webhook"
+        self, event: Event, *, delivery_id: str | None = None, via: Via = "webhook"
     ) -> PublishResult:
         """
         Store a verified event and wake its waiters.
@@ -111,14 +151,14 @@ class Sink(abc.ABC):
         """
         if not is_terminal(event):
             key = event.id or delivery_id
-            if key is not None and not await self._first_seen(key):
+            if key is not None and not await self.first_seen(key):
                 self._duplicates += 1
                 return "duplicate"
             return "accepted"
         job_event: JobEvent = event  # type: ignore[assignment]
         job_id = str(event.job_id)
         outcome = Outcome(job_event, via)
-        kept = await self._put_if_absent(job_id, outcome)
+        kept = await self.put_if_absent(job_id, outcome)
         self._correlator.resolve(job_id, kept or outcome)
         if kept is None:
             return "accepted"
@@ -128,7 +168,9 @@ class Sink(abc.ABC):
         self._conflicts += 1
         logger.warning(
             "job %s: second terminal event %s ignored, %s was first",
-            job_id, job_event.type, kept.event.type,
+            job_id,
+            job_event.type,
+            kept.event.type,
         )
         return "conflict"
 
@@ -157,20 +199,17 @@ class Sink(abc.ABC):
         )
 
     def stats(self) -> SinkStats:
-        buffered, evicted, reconnects = self._store_stats()
+        store = self.store_stats()
         return SinkStats(
             pending=self._correlator.pending,
-            buffered=buffered,
-            evicted=evicted,
+            buffered=store.buffered,
+            evicted=store.evicted,
             duplicates=self._duplicates,
             conflicts=self._conflicts,
-            reconnects=reconnects,
+            reconnects=store.reconnects,
             backstop_polls=self._correlator.backstop_polls,
-            unclaimed=self._unclaimed(),
+            unclaimed=store.unclaimed,
         )
-
-    def _unclaimed(self) -> int:
-        return 0
 
     # The pending registry; only durable sinks keep one.
 
@@ -195,7 +234,7 @@ class Sink(abc.ABC):
             self._task_group = anyio.create_task_group()
             await self._task_group.__aenter__()
             await self._task_group.start(self._correlator.run_timers)
-            self._start_background(self._task_group)
+            self.start_background(self._task_group)
         return self
 
     async def __aexit__(
@@ -212,8 +251,8 @@ class Sink(abc.ABC):
         await task_group.__aexit__(None, None, None)
         await self.aclose()
 
-    def _start_background(self, task_group: TaskGroup) -> None:
-        """Start the sink's own background tasks, if it has any."""
+    def start_background(self, task_group: TaskGroup) -> None:
+        """Start the sink's own background tasks (a listener, say) in *task_group*."""
 
     async def aclose(self) -> None:
         """Release connections (background tasks stop when the last user leaves)."""

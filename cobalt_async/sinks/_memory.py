@@ -6,9 +6,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from .._correlation import Outcome
 from .._errors import ConfigurationError
-from ._base import Sink
+from .._outcome import Outcome
+from ._base import Sink, StoreStats
 
 logger = logging.getLogger("cobalt_async.sinks")
 
@@ -70,7 +70,7 @@ class InMemorySink(Sink):
                 found[job_id] = stored[0]
         return found
 
-    async def _put_if_absent(self, job_id: str, outcome: Outcome) -> Outcome | None:
+    async def put_if_absent(self, job_id: str, outcome: Outcome) -> Outcome | None:
         # Once per webhook: the expiry check is inlined, so _purge runs only when something
         # can have expired or the bound is passed.
         outcomes = self._outcomes
@@ -84,13 +84,13 @@ class InMemorySink(Sink):
         outcomes[job_id] = (outcome, expires)
         if expires < self._soonest:
             self._soonest = expires
-        if not self._correlator.is_awaited(job_id):
+        if not self.is_awaited(job_id):
             self._unclaimed_ids.add(job_id)
         if len(outcomes) > self.max_outcomes:
             self._purge()
         return None
 
-    async def _first_seen(self, key: str) -> bool:
+    async def first_seen(self, key: str) -> bool:
         now = self._purge()
         if key in self._seen:
             return False
@@ -101,12 +101,9 @@ class InMemorySink(Sink):
             self._purge()
         return True
 
-    def _store_stats(self) -> tuple[int, int, int]:
+    def store_stats(self) -> StoreStats:
         self._purge()
-        return len(self._outcomes), self._evicted, 0
-
-    def _unclaimed(self) -> int:
-        return self._unclaimed_count
+        return StoreStats(len(self._outcomes), self._evicted, unclaimed=self._unclaimed_count)
 
     def _purge(self) -> float:
         now = time.monotonic()

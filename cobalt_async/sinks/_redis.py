@@ -34,10 +34,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import RedisError
 
-from .._correlation import Outcome
 from .._errors import ConfigurationError, SinkUnavailableError
+from .._outcome import Outcome, PendingJob
 from ..models import JobEvent, parse_event
-from ._base import PendingJob, Sink
+from ._base import Sink, StoreStats
 
 logger = logging.getLogger("cobalt_async.sinks.redis")
 
@@ -59,6 +59,8 @@ class RedisSink(Sink):
     sink=sink)`` open it: waits need its listener running. ``WebhookReceiver`` can publish
     to it without opening it. Outcomes are as durable as the Redis persistence configured.
     """
+
+    keeps_registry = True
 
     def __init__(
         self,
@@ -144,18 +146,18 @@ class RedisSink(Sink):
             job_id: _decode(value) for job_id, value in zip(job_ids, values, strict=True) if value
         }
 
-    async def _put_if_absent(self, job_id: str, outcome: Outcome) -> Outcome | None:
+    async def put_if_absent(self, job_id: str, outcome: Outcome) -> Outcome | None:
         keys = [self._out_key(job_id), self._stream]
         args = [_encode(outcome), self.outcome_ttl, self.stream_maxlen, job_id]
         existing = await self._call(self._publish_script, keys=keys, args=args)
         return None if existing is None else _decode(existing)
 
-    async def _first_seen(self, key: str) -> bool:
+    async def first_seen(self, key: str) -> bool:
         seen_key = f"{self._prefix}:seen:{key}"
         return bool(await self._call(self._redis.set, seen_key, b"1", nx=True, ex=self.dedup_ttl))
 
-    def _store_stats(self) -> tuple[int, int, int]:
-        return 0, 0, self._reconnects
+    def store_stats(self) -> StoreStats:
+        return StoreStats(reconnects=self._reconnects)
 
     async def _call(self, command: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
         """
@@ -236,7 +238,7 @@ class RedisSink(Sink):
             raise ConfigurationError(msg)
         await self._armed.wait()
 
-    def _start_background(self, task_group: TaskGroup) -> None:
+    def start_background(self, task_group: TaskGroup) -> None:
         task_group.start_soon(self._listen)
         task_group.start_soon(self._reread_when_asked)
 
@@ -310,11 +312,11 @@ class RedisSink(Sink):
             for entry_id, fields in entries:
                 cursor = entry_id
                 job_id = fields.get(b"job", b"").decode()
-                if self._correlator.is_awaited(job_id):
+                if self.is_awaited(job_id):
                     woken.append(job_id)
         if woken:
             try:
-                await self._correlator.recheck(woken)
+                await self.recheck(woken)
             except SinkUnavailableError:
                 pass  # get_outcomes asked _reread_when_asked to re-read every pending job
         return cursor
@@ -328,7 +330,7 @@ class RedisSink(Sink):
                 await self._reread.wait()
             self._reread = anyio.Event()
             try:
-                await self._correlator.recheck()
+                await self.recheck()
                 failures = 0
             except Exception as exc:
                 failures += 1

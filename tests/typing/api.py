@@ -54,7 +54,7 @@ async def submit_and_await(client: CobaltClient) -> None:
     assert_type(handle.status, JobStatus)
     assert_type(handle.done(), bool)
     assert_type(handle.event, JobEvent | None)
-    assert_type(handle.resolved_via, str | None)
+    assert_type(handle.resolved_via, Literal["webhook", "poll"] | None)
 
     event = await handle
     assert_type(event, TaskCreatedEvent)

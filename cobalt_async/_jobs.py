@@ -1,0 +1,155 @@
+"""The resolving side: ``client.jobs`` (waiting, attaching) and ``client.webhook_events``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal, overload
+
+from pydantic import ValidationError
+
+from ._config import NotGiven, PollPolicy
+from ._errors import ClientClosedError, SinkUnavailableError
+from ._handles import JobHandle
+from ._http import Requester, parse_answer
+from ._outcome import JobKind, Outcome, PendingJob
+from .models import (
+    Event,
+    JobEvent,
+    Pagination,
+    TaskCreatedEvent,
+    TaskNoteCreatedEvent,
+    WebhookEventList,
+    event_from_record,
+    is_terminal,
+)
+from .sinks import Sink
+
+logger = logging.getLogger("cobalt_async")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEventPage:
+    """One page of ``GET /v1/webhook-events``."""
+
+    events: list[Event]
+    pagination: Pagination
+
+
+class WebhookEvents:
+    """``GET /v1/webhook-events``: Cobalt's record of every event, also without a webhook."""
+
+    def __init__(self, requester: Requester) -> None:
+        self._requester = requester
+
+    async def list(
+        self,
+        *,
+        job_id: str | int | None = None,
+        event_type: str | None = None,
+        page: int = 1,
+        page_size: int = 50,
+        sort: Literal["created_at", "-created_at"] = "-created_at",
+    ) -> WebhookEventPage:
+        """
+        List recorded events; records that do not parse as events are skipped.
+
+        Raises:
+            APIError: The request failed, or its answer is not a webhook-events listing.
+        """
+        params: dict[str, Any] = {"page": page, "page_size": page_size, "sort": sort}
+        if job_id is not None:
+            params["job_id"] = str(job_id)
+        if event_type is not None:
+            params["event_type"] = event_type
+        response = await self._requester.get("/webhook-events", params)
+        # A proxy's page, say, is an APIError, so that a backstop poll fails alone.
+        problem = "Cobalt's answer is not a webhook-events listing"
+        listing = parse_answer(WebhookEventList, response, problem=problem, outcome_unknown=False)
+        events = []
+        for record in listing.webhook_events:
+            try:
+                events.append(event_from_record(record))
+            except ValidationError:
+                logger.warning("skipped a webhook-events record that is not an event")
+        return WebhookEventPage(events, listing.pagination)
+
+    async def find_outcome(self, job_id: str) -> JobEvent | None:
+        """The first terminal event Cobalt recorded for *job_id*, if any."""
+        page = await self.list(job_id=job_id, page_size=100, sort="created_at")
+        for event in page.events:
+            # Filter again: an older API version ignores the job_id parameter.
+            if is_terminal(event) and event.job_id == job_id:
+                return event  # type: ignore[return-value]
+        return None
+
+
+class Jobs:
+    """Waiting for jobs, and resuming them by job_id in any process."""
+
+    def __init__(
+        self,
+        requester: Requester,
+        webhook_events: WebhookEvents,
+        *,
+        sink: Sink,
+        webhooks_expected: bool,
+        poll: PollPolicy,
+        job_timeout: float | None,
+    ) -> None:
+        self._requester = requester
+        self._webhook_events = webhook_events
+        self._sink = sink
+        self._webhooks_expected = webhooks_expected
+        self._poll_policy = poll
+        self._job_timeout = job_timeout
+
+    @overload
+    def attach(self, job_id: str | int, kind: Literal["task"]) -> JobHandle[TaskCreatedEvent]: ...
+    @overload
+    def attach(
+        self, job_id: str | int, kind: Literal["task_note"]
+    ) -> JobHandle[TaskNoteCreatedEvent]: ...
+    def attach(self, job_id: str | int, kind: JobKind) -> JobHandle[Any]:
+        """Rebuild a handle from a job_id alone, in any process, at any time."""
+        if kind not in ("task", "task_note"):
+            msg = f"kind must be 'task' or 'task_note', not {kind!r}"
+            raise ValueError(msg)
+        return JobHandle(self, str(job_id), kind)
+
+    async def pending(self) -> list[PendingJob]:
+        """Submitted jobs whose outcome no process read yet (durable sinks only)."""
+        return await self._sink.list_pending()
+
+    def wait_for(
+        self, job_id: str, timeout: float | None | NotGiven
+    ) -> Coroutine[Any, Any, Outcome]:
+        if self._requester.closed and not self._webhooks_expected:
+            msg = "the CobaltClient is closed and has no sink: nothing can resolve this job"
+            raise ClientClosedError(msg)
+        return self._sink.wait_for(
+            job_id,
+            timeout=self._job_timeout if isinstance(timeout, NotGiven) else timeout,
+            backstop=self._poll,
+            policy=self._poll_policy,
+            webhooks_expected=self._webhooks_expected,
+        )
+
+    async def track(self, handle: JobHandle[Any]) -> None:
+        """Record a new job in the sink's pending registry; a sink outage loses nothing."""
+        job = PendingJob(handle.job_id, handle.kind, time.time(), _deadline(self._job_timeout))
+        try:
+            await self._sink.add_pending(job)
+        except SinkUnavailableError as exc:
+            logger.warning("job %s not recorded as pending: %s", handle.job_id, exc)
+
+    async def _poll(self, job_id: str) -> JobEvent | None:
+        if self._requester.closed:
+            return None
+        return await self._webhook_events.find_outcome(job_id)
+
+
+def _deadline(job_timeout: float | None) -> float | None:
+    return None if job_timeout is None else time.time() + job_timeout
