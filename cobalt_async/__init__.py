@@ -24,8 +24,9 @@ from ._errors import (
 )
 from ._handles import JobHandle, JobStatus
 from ._outcome import JobKind
+from ._signing import sign_webhook, verify_webhook
 from ._version import __version__
-from ._webhooks import Receipt, WebhookReceiver, sign_webhook, verify_webhook
+from ._webhooks import Receipt, WebhookReceiver
 from .models import (
     Event,
     JobEvent,

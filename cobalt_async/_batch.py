@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -39,12 +40,22 @@ class BatchProgress:
     """429 answers so far; the batch slowed down and resubmitted those items."""
     index: int
     """Position in the input of the item that just settled."""
-    outcome: JobHandle[Any] | CobaltError
+    result: JobHandle[Any] | CobaltError
     """That item's handle (record its job_id now, to survive a crash) or its error."""
 
     @property
     def done(self) -> int:
         return self.submitted + self.rejected
+
+    @property
+    def outcome(self) -> JobHandle[Any] | CobaltError:
+        """Deprecated name of :attr:`result` (a job's outcome is another thing)."""
+        warnings.warn(
+            "BatchProgress.outcome is renamed BatchProgress.result",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.result
 
 
 ProgressCallback = Callable[[BatchProgress], None]
@@ -91,9 +102,9 @@ class _Batch(Generic[R, H]):
     rejected: int = 0
 
     async def run_one(self, index: int, item: Any) -> None:
-        outcome = await self._submit_one(item)
-        self.results[index] = outcome
-        if isinstance(outcome, CobaltError):
+        result = await self._submit_one(item)
+        self.results[index] = result
+        if isinstance(result, CobaltError):
             self.rejected += 1
         else:
             self.submitted += 1
@@ -104,7 +115,7 @@ class _Batch(Generic[R, H]):
                 self.rejected,
                 self.throttle.rate_limited,
                 index,
-                outcome,
+                result,
             )
             try:
                 self.on_progress(progress)
@@ -146,7 +157,7 @@ async def submit_many(
     concurrency: int,
     on_progress: ProgressCallback | None,
 ) -> list[H | CobaltError]:
-    """Submit every item; one outcome per item, in input order: a handle or its error."""
+    """Submit every item; one result per item, in input order: a handle or its error."""
     if concurrency < 1:
         msg = "concurrency must be at least 1"
         raise ValueError(msg)
@@ -162,7 +173,7 @@ async def submit_many(
     async with anyio.create_task_group() as task_group:
         for _ in range(min(concurrency, len(pending))):
             task_group.start_soon(worker)
-    return [outcome for outcome in batch.results if outcome is not None]
+    return [result for result in batch.results if result is not None]
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
+
+import anyio
 
 from ._version import __version__
 
@@ -199,7 +202,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "verify":
         return _verify(args)
     try:
-        from ._servers import run_command
+        # The server commands need the cli extra (uvicorn, rich): imported only when run.
+        from ._commands import listen, simulate
+        from ._demo import run_demo
     except ImportError as exc:
         print(
             f"cobalt-async {args.command}: needs uvicorn and rich: "
@@ -207,12 +212,18 @@ def _main(argv: Sequence[str] | None) -> int:
             file=sys.stderr,
         )
         return 2
-    return run_command(args)
+    commands = {"demo": run_demo, "simulate": simulate, "listen": listen}
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return anyio.run(commands[args.command], args)
+    except KeyboardInterrupt:
+        print(f"cobalt-async {args.command}: stopped", file=sys.stderr)
+        return 130
 
 
 def _verify(args: argparse.Namespace) -> int:
     from ._errors import WebhookVerificationError
-    from ._webhooks import SIGNATURE_HEADER, verify_webhook
+    from ._signing import SIGNATURE_HEADER, verify_webhook
 
     try:
         if args.body_file:

@@ -141,9 +141,9 @@ class _Pipeline:
 
     def on_task(self, task_group: TaskGroup, progress: BatchProgress) -> None:
         self.progress.submitted("tasks", progress)
-        if isinstance(progress.outcome, JobHandle):
+        if isinstance(progress.result, JobHandle):
             self.tally.submitted += 1
-            task_group.start_soon(self.follow_task, progress.outcome)
+            task_group.start_soon(self.follow_task, progress.result)
         else:
             self.tally.rejected += 1
             self.progress.total -= 2

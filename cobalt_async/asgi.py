@@ -14,8 +14,9 @@ from __future__ import annotations
 import functools
 import json
 
+from ._signing import delivery_headers
 from ._types import Message, Receive, Scope, Send
-from ._webhooks import WebhookReceiver, _delivery_headers
+from ._webhooks import WebhookReceiver
 
 __all__ = ["WebhookApp"]
 
@@ -28,7 +29,7 @@ class WebhookApp:
     it passes ``receiver.max_body_bytes``), verified and stored, the answer is sent, and only
     then does the receiver's *on_event* hook run; its errors are logged, never answered.
     Other methods get 405; lifespan events are acknowledged; websockets are refused.
-    The answer is ``{"status": <outcome>}`` and never echoes the body.
+    The answer is ``{"status": <receipt.result>}`` and never echoes the body.
     """
 
     def __init__(self, receiver: WebhookReceiver) -> None:
@@ -42,7 +43,7 @@ class WebhookApp:
             await _not_a_delivery(scope, receive, send)
             return
         limit = self.receiver.max_body_bytes
-        signature, delivery_id, length = _delivery_headers(scope["headers"])
+        signature, delivery_id, length = delivery_headers(scope["headers"])
         if _declares_over(length, limit):
             await _send_too_large(send)
             return
@@ -60,11 +61,11 @@ class WebhookApp:
         # The headers are read already: straight to the receiver's ingestion, as receive()
         # would go after reading them. Without a hook, only the receipt's status is used.
         hook = self.receiver.on_event
-        receipt = await self.receiver._ingest(
+        receipt = await self.receiver.ingest(
             body, signature, delivery_id, keep_event=hook is not None
         )
         # As _send_status does, without a coroutine of its own on the path of every delivery.
-        start, answer = _answer(receipt.status_code, receipt.outcome)
+        start, answer = _answer(receipt.status_code, receipt.result)
         await send(start)
         await send(answer)
         # Only now: a slow or failing hook must not delay the answer past Cobalt's 5 s.
@@ -108,23 +109,23 @@ _Headers = tuple[tuple[bytes, bytes], ...]
 
 
 @functools.cache
-def _answer_parts(outcome: str, extra: _Headers) -> tuple[_Headers, bytes]:
-    """Headers and body of an answer: only the outcome, never the body or a secret."""
-    body = json.dumps({"status": outcome}, separators=(",", ":")).encode()
+def _answer_parts(result: str, extra: _Headers) -> tuple[_Headers, bytes]:
+    """Headers and body of an answer: only the result, never the body or a secret."""
+    body = json.dumps({"status": result}, separators=(",", ":")).encode()
     length = str(len(body)).encode()
     return ((b"content-type", b"application/json"), (b"content-length", length), *extra), body
 
 
-def _answer(status: int, outcome: str, extra: _Headers = ()) -> tuple[Message, Message]:
+def _answer(status: int, result: str, extra: _Headers = ()) -> tuple[Message, Message]:
     """The two messages of an answer."""
-    headers, body = _answer_parts(outcome, extra)
+    headers, body = _answer_parts(result, extra)
     # A fresh list each time: middleware may change the headers it is sent.
     start = {"type": "http.response.start", "status": status, "headers": list(headers)}
     return start, {"type": "http.response.body", "body": body}
 
 
-async def _send_status(send: Send, status: int, outcome: str, extra: _Headers = ()) -> None:
-    start, body = _answer(status, outcome, extra)
+async def _send_status(send: Send, status: int, result: str, extra: _Headers = ()) -> None:
+    start, body = _answer(status, result, extra)
     await send(start)
     await send(body)
 

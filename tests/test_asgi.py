@@ -76,7 +76,7 @@ class Case:
     id: str
     deliveries: Sequence[Delivery]
     status: int
-    outcome: str
+    result: str
     stored: str | None = None
     """The type of the outcome stored for job 100, or None when nothing may be stored."""
     hooked: Sequence[str] = field(default_factory=tuple)
@@ -168,7 +168,7 @@ async def check_case(
     answers = [await post(body, headers) for body, headers in case.deliveries]
 
     last = answers[-1]
-    assert (case.status, {"status": case.outcome}) == (last.status_code, last.json())
+    assert (case.status, {"status": case.result}) == (last.status_code, last.json())
     stored = await sink.get_outcomes(["100"])
     assert case.stored == (stored["100"].event.type if stored else None)
     assert list(case.hooked) == [event.type for event in hooked]

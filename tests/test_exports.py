@@ -122,3 +122,20 @@ class TestPublicSubmodules:
 
         with pytest.raises(AttributeError, match="NoSuchSink"):
             sinks.NoSuchSink  # noqa: B018
+
+
+class TestRenamedFields:
+    """Names that moved keep working for a while, with a warning that says where they went."""
+
+    def test_receipt_outcome_is_result_with_a_deprecation_warning(self) -> None:
+        receipt = cobalt_async.Receipt(200, "accepted", "accepted")
+
+        with pytest.warns(DeprecationWarning, match=r"Receipt\.result"):
+            assert "accepted" == receipt.outcome
+
+    def test_batch_progress_outcome_is_result_with_a_deprecation_warning(self) -> None:
+        error = cobalt_async.RequestValidationError("Missing required field: note")
+        progress = cobalt_async.BatchProgress(1, 0, 1, 0, 0, error)
+
+        with pytest.warns(DeprecationWarning, match=r"BatchProgress\.result"):
+            assert error is progress.outcome

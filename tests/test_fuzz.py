@@ -690,7 +690,7 @@ def test_receiver_answers_any_delivery(log_lines: LogLines, portals: Portals) ->
         assert receipt.status_code in ALLOWED
         assert receipt.status_code in expected_status(delivery.body, signatures)
         if receipt.status_code == 200:
-            assert receipt.outcome == "accepted"
+            assert receipt.result == "accepted"
             assert assert_accepted_once(seen) == receipt.event
         else:
             assert receipt.event is None
@@ -986,7 +986,7 @@ def test_unsigned_body_the_compact_form_cannot_be_built_for_is_401(body: bytes) 
     sink = InMemorySink()
     receiver = WebhookReceiver(sink, secrets=[SECRET])
     receipt = anyio.run(receiver.receive, body, {SIGNATURE: hex_hmac(FOREIGN_SECRET, body)})
-    assert (receipt.status_code, receipt.outcome) == (401, "unauthorized")
+    assert (receipt.status_code, receipt.result) == (401, "unauthorized")
     assert sink.stats().buffered == 0
 
 
@@ -996,7 +996,7 @@ def test_signed_event_with_an_unhashable_type_is_refused_as_invalid(kind: object
     body = node_stringify({"type": kind, "job_id": "1", "data": {"emr_task_id": "e"}})
     receiver = WebhookReceiver(InMemorySink(), secrets=[SECRET])
     receipt = anyio.run(receiver.receive, body, {SIGNATURE: hex_hmac(SECRET, body)})
-    assert (receipt.status_code, receipt.outcome) == (400, "invalid")
+    assert (receipt.status_code, receipt.result) == (400, "invalid")
 
 
 def test_the_oracle_agrees_with_design_section_5() -> None:

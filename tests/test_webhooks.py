@@ -171,7 +171,7 @@ class TestAccepted:
         receipt = await receiver.receive(*signed(task_created("job-1")))
 
         assert 200 == receipt.status_code
-        assert "accepted" == receipt.outcome
+        assert "accepted" == receipt.result
         assert isinstance(receipt.event, TaskCreatedEvent)
         event = await stored(sink, "job-1")
         assert isinstance(event, TaskCreatedEvent)
@@ -272,8 +272,8 @@ class TestDuplicates:
         first = await receiver.receive(*delivery)
         second = await receiver.receive(*delivery)
 
-        assert (200, "accepted") == (first.status_code, first.outcome)
-        assert (200, "duplicate") == (second.status_code, second.outcome)
+        assert (200, "accepted") == (first.status_code, first.result)
+        assert (200, "duplicate") == (second.status_code, second.result)
         assert 1 == sink.stats().duplicates
         assert 1 == len(hook.events)
         assert 1 == sink.stats().buffered
@@ -288,7 +288,7 @@ class TestDuplicates:
             *signed(task_created("job-1", event_id="evt_b"), delivery_id="dlv_2")
         )
 
-        assert (200, "duplicate") == (receipt.status_code, receipt.outcome)
+        assert (200, "duplicate") == (receipt.status_code, receipt.result)
         assert (1, 0) == (sink.stats().duplicates, sink.stats().conflicts)
         assert 1 == len(hook.events)
 
@@ -302,7 +302,7 @@ class TestDuplicates:
         await receiver.receive(*delivery)
         receipt = await receiver.receive(*delivery)
 
-        assert (200, "duplicate") == (receipt.status_code, receipt.outcome)
+        assert (200, "duplicate") == (receipt.status_code, receipt.result)
         assert 1 == sink.stats().duplicates
         assert 1 == len(hook.events)
 
@@ -314,7 +314,7 @@ class TestDuplicates:
         await receiver.receive(*signed(task_created("job-1")))
         receipt = await receiver.receive(*signed(task_failed("job-1"), delivery_id="dlv_2"))
 
-        assert (200, "conflict") == (receipt.status_code, receipt.outcome)
+        assert (200, "conflict") == (receipt.status_code, receipt.result)
         assert 1 == sink.stats().conflicts
         kept = await stored(sink, "job-1")
         assert kept is not None
@@ -371,7 +371,7 @@ class TestNonTerminalEvents:
 
         receipt = await receiver.receive(*signed(payload))
 
-        assert (200, "accepted") == (receipt.status_code, receipt.outcome)
+        assert (200, "accepted") == (receipt.status_code, receipt.result)
         [event] = hook.events
         assert isinstance(event, UnknownEvent)
         assert payload == event.raw
@@ -493,7 +493,7 @@ class TestUnauthorized:
         """Nothing from an unverified body reaches the store or the hook."""
         receipt = await receiver.receive(*make(task_created("job-1")))
 
-        assert (401, "unauthorized") == (receipt.status_code, receipt.outcome)
+        assert (401, "unauthorized") == (receipt.status_code, receipt.result)
         assert None is receipt.event
         assert {} == await sink.get_outcomes(["job-1"])
         assert [] == hook.events
@@ -736,7 +736,7 @@ class TestInvalidBody:
         """A correctly signed body that is not an event object is refused with 400."""
         receipt = await receiver.receive(body, {"cobalt-verification": sign_webhook(body, SECRET)})
 
-        assert (400, "invalid") == (receipt.status_code, receipt.outcome)
+        assert (400, "invalid") == (receipt.status_code, receipt.result)
         assert {} == await sink.get_outcomes(["job-1"])
         assert [] == hook.events
 
@@ -760,7 +760,7 @@ class TestTooLarge:
 
         receipt = await receiver.receive(body, headers)
 
-        assert (413, "too_large") == (receipt.status_code, receipt.outcome)
+        assert (413, "too_large") == (receipt.status_code, receipt.result)
         assert 0 == sink.stats().buffered
 
     @pytest.mark.anyio
@@ -789,7 +789,7 @@ class TestSinkUnavailable:
         with anyio.fail_after(1):
             receipt = await receiver.receive(*signed(task_created()))
 
-        assert (503, "unavailable") == (receipt.status_code, receipt.outcome)
+        assert (503, "unavailable") == (receipt.status_code, receipt.result)
 
     @pytest.mark.anyio
     async def test_hanging_sink_is_503_after_publish_timeout(self) -> None:
@@ -801,7 +801,7 @@ class TestSinkUnavailable:
             receipt = await receiver.receive(*signed(task_created()))
 
         assert sink.entered.is_set()
-        assert (503, "unavailable") == (receipt.status_code, receipt.outcome)
+        assert (503, "unavailable") == (receipt.status_code, receipt.result)
 
     @pytest.mark.anyio
     async def test_hook_is_not_run_when_the_event_was_not_stored(self) -> None:

@@ -6,7 +6,7 @@ from cobalt_async.testing import FakeCobalt, make_task_created_event, signed_del
 ```
 """
 
-from .._webhooks import sign_webhook
+from .._signing import sign_webhook
 from ._factories import (
     make_task_created_event,
     make_task_failed_event,

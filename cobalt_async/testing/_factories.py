@@ -13,7 +13,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from .._webhooks import compact_json, sign_webhook
+from .._signing import compact_json, sign_webhook
 
 __all__ = [
     "make_task_created_event",

@@ -21,7 +21,7 @@ import httpx
 from anyio.abc import TaskGroup
 
 from .._errors import ConfigurationError
-from .._webhooks import compact_json
+from .._signing import compact_json
 from ._factories import (
     DEFAULT_REFERENCE_ID,
     make_task_created_event,

@@ -120,7 +120,7 @@ class Worker:
             receipt = await self.receiver.receive(body.encode(), headers)
             statuses.append(receipt.status_code)
             if receipt.status_code != 503 or anyio.current_time() >= give_up:
-                return {"key": key, "statuses": statuses, "outcome": receipt.outcome}
+                return {"key": key, "statuses": statuses, "outcome": receipt.result}
             await anyio.sleep(0.1)
 
     async def run_plan(self, command: dict[str, Any]) -> None:

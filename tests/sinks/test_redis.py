@@ -287,7 +287,7 @@ async def test_client_pending_and_attach(redis_server: RedisServer, redis_namesp
                 ("job-1", "task")
             ]
             receipt = await receiver.receive(*delivery(event_payload("job-1")))
-            assert (receipt.status_code, receipt.outcome) == (200, "accepted")
+            assert (receipt.status_code, receipt.result) == (200, "accepted")
             again = client.jobs.attach("job-1", "task")
             result = await again.wait(timeout=5)
             assert isinstance(result, TaskCreatedEvent)
@@ -474,13 +474,13 @@ async def test_redis_down_at_webhook_time(
             started = time.monotonic()
             receipt = await receiver.receive(body, headers)
             elapsed = time.monotonic() - started
-            assert (receipt.status_code, receipt.outcome) == (503, "unavailable")
+            assert (receipt.status_code, receipt.result) == (503, "unavailable")
             assert elapsed < 2.5, f"503 took {elapsed:.2f} s"
             assert not results  # still waiting, no exception
             assert not handle.done()
             await anyio.to_thread.run_sync(server.start)
             receipt = await receiver.receive(body, headers)
-            assert (receipt.status_code, receipt.outcome) == (200, "accepted")
+            assert (receipt.status_code, receipt.result) == (200, "accepted")
         assert results[0].data.emr_task_id == "emr-w1"
         assert handle.resolved_via == "webhook"
         assert sink.stats().reconnects >= 1
@@ -820,7 +820,7 @@ async def test_restarted_process_attaches_and_gets_the_outcome(
             first.kill()
             await first.reap()
         receipt = await receiver.receive(*delivery(event_payload("r1")))
-        assert (receipt.status_code, receipt.outcome) == (200, "accepted")
+        assert (receipt.status_code, receipt.result) == (200, "accepted")
         async with worker_pool(redis_server, redis_namespace, 1, tmp_path / "b") as (second,):
             listed = await second.ask({"cmd": "pending"}, "pending")
             assert [(job["job_id"], job["kind"]) for job in listed["jobs"]] == [("r1", "task")]

@@ -105,7 +105,7 @@ async def attach(client: CobaltClient, kind: JobKind) -> None:
 async def batches(client: CobaltClient) -> None:
     def on_progress(progress: BatchProgress) -> None:
         assert_type(progress.done, int)
-        assert_type(progress.outcome, JobHandle[Any] | CobaltError)
+        assert_type(progress.result, JobHandle[Any] | CobaltError)
 
     results = await client.tasks.create_many(
         [{"patient_mrn": "MRN-1", "description": "a"}], concurrency=8, on_progress=on_progress

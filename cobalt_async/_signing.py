@@ -1,0 +1,153 @@
+"""
+Cobalt's signature scheme: compact JSON, the HMAC, the verifier and the delivery headers.
+
+Cobalt signs ``JSON.stringify(payload)`` with HMAC-SHA256 and sends the hex digest in the
+``cobalt-verification`` header. The raw bytes are tried first; a body re-serialised on the
+way (a proxy that pretty-prints, say) is tried again in its compact form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeAlias
+
+from pydantic import ValidationError
+
+from ._errors import ConfigurationError, WebhookVerificationError
+from .models import Event, parse_event
+
+SIGNATURE_HEADER = "cobalt-verification"
+DELIVERY_ID_HEADER = "webhook-id"
+CONTENT_LENGTH_HEADER = "content-length"
+
+Headers: TypeAlias = Mapping[str, str] | Iterable[tuple[bytes | str, bytes | str]]
+
+
+def compact_json(payload: Any) -> bytes:
+    """Serialise *payload* as JavaScript's ``JSON.stringify`` does for Cobalt's events."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign_webhook(payload: Mapping[str, Any] | bytes | str, secret: str) -> str:
+    """
+    Sign a webhook body exactly as Cobalt does: hex HMAC-SHA256 of ``JSON.stringify(payload)``.
+
+    A mapping is serialised compactly first; bytes and str are signed as given.
+    """
+    if isinstance(payload, Mapping):
+        body = compact_json(payload)
+    else:
+        body = payload.encode() if isinstance(payload, str) else payload
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class Verifier:
+    """Checks Cobalt signatures against one or more secrets."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        if isinstance(secrets, str) or not secrets or not all(secrets):
+            msg = (
+                "secrets must be a non-empty list of webhook secrets, e.g. "
+                "secrets=[os.environ['COBALT_WEBHOOK_SECRET']]; during a rotation pass both"
+            )
+            raise ConfigurationError(msg)
+        self._macs = [hmac.new(secret.encode(), digestmod=hashlib.sha256) for secret in secrets]
+
+    def _matches(self, body: bytes, signature: bytes) -> bool:
+        found = False
+        for mac in self._macs:
+            candidate = mac.copy()
+            candidate.update(body)
+            # No early exit: the time taken does not tell which secret matched.
+            found |= hmac.compare_digest(candidate.hexdigest().encode(), signature)
+        return found
+
+    def verify(self, body: bytes, signature: str | bytes | None) -> Any:
+        """
+        Return the parsed body if it was re-serialised to verify, else ``RAW``.
+
+        Raises:
+            WebhookVerificationError: No secret produced this signature.
+        """
+        if not signature:
+            msg = f"missing {SIGNATURE_HEADER} header: this request was not signed by Cobalt"
+            raise WebhookVerificationError(msg)
+        # As bytes: compare_digest refuses str with non-ASCII characters (TypeError), and a
+        # garbage header must be a plain mismatch (401), not a crash.
+        if isinstance(signature, str):
+            signature = signature.encode("utf-8", "backslashreplace")
+        expected = signature.strip().lower()
+        if self._matches(body, expected):
+            return RAW
+        try:
+            parsed = json.loads(body)
+            compact = compact_json(parsed)
+        except (ValueError, RecursionError):
+            # Not JSON, nested past the recursion limit, or a lone surrogate that UTF-8
+            # cannot encode: no compact form was signed, and an unsigned body must get a
+            # 401, not crash the receiver.
+            pass
+        else:
+            if self._matches(compact, expected):
+                return parsed
+        msg = f"{SIGNATURE_HEADER} does not match: wrong secret, or the body was altered"
+        raise WebhookVerificationError(msg)
+
+
+RAW: Any = object()
+"""What :meth:`Verifier.verify` returns when the raw bytes verified: parse them as they are."""
+
+HeaderValue: TypeAlias = str | bytes | None
+_NAMES = (SIGNATURE_HEADER, DELIVERY_ID_HEADER, CONTENT_LENGTH_HEADER)
+_SIGNATURE_KEY, _DELIVERY_ID_KEY, _CONTENT_LENGTH_KEY = (name.encode() for name in _NAMES)
+# Where each header this module reads goes in delivery_headers' answer, by str and bytes name.
+_WANTED: dict[str | bytes, int] = {
+    name: index for index, text in enumerate(_NAMES) for name in (text, text.encode())
+}
+
+
+def delivery_headers(headers: Headers) -> tuple[HeaderValue, str | None, HeaderValue]:
+    """
+    Signature, delivery id (as text) and ``Content-Length``, as sent.
+
+    Names are case-insensitive; of a repeated header, the last value counts (if a sender
+    mixes spellings of one name, the lower-case one may win: the HMAC decides either way).
+    """
+    if type(headers) is list:
+        # ASGI servers send lower-case names: a dict of them answers at C speed. When one
+        # of the three is missing, it may be there in another case: the full scan looks.
+        by_name = dict(headers)
+        signature = by_name.get(_SIGNATURE_KEY)
+        delivery_id = by_name.get(_DELIVERY_ID_KEY)
+        length = by_name.get(_CONTENT_LENGTH_KEY)
+        if signature is not None and delivery_id is not None and length is not None:
+            return signature, _text(delivery_id), length
+    scanned: list[HeaderValue] = [None, None, None]
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    for key, value in pairs:
+        slot = _WANTED.get(key.lower())
+        if slot is not None:
+            scanned[slot] = value
+    return scanned[0], _text(scanned[1]), scanned[2]
+
+
+def _text(value: HeaderValue) -> str | None:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def verify_webhook(body: bytes, headers: Headers, secrets: Sequence[str]) -> Event:
+    """
+    Verify a delivery and parse its event, without storing anything.
+
+    Raises:
+        WebhookVerificationError: The signature is missing or wrong, or the body is not an event.
+    """
+    parsed = Verifier(secrets).verify(body, delivery_headers(headers)[0])
+    try:
+        return parse_event(body if parsed is RAW else parsed)
+    except ValidationError as exc:
+        msg = "the signed body is not a Cobalt event"
+        raise WebhookVerificationError(msg) from exc
