@@ -9,6 +9,7 @@ has to hold in mind, whether or not it runs at import time.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,3 +131,33 @@ def test_the_private_name_check_tells_names_from_modules() -> None:
 def test_no_module_imports_a_private_name_of_a_sibling(name: str) -> None:
     """What a module shares, it names without an underscore; ``_name`` stays where it is."""
     assert [] == private_imports(MODULES[name].read_text(encoding="utf-8"), name)
+
+
+def unit(name: str) -> str:
+    """The top-level module or subpackage *name* belongs to, as the README lists it."""
+    part = name.split(".")[1] if name != ROOT else "__init__"
+    return f"{part}/" if (PACKAGE / part).is_dir() else f"{part}.py"
+
+
+def readme_layout() -> list[str]:
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    section = re.search(r"<!-- layout -->(.*?)<!-- /layout -->", readme, re.S)
+    assert section is not None, "README.md has no <!-- layout --> section"
+    return re.findall(r"^- `([\w/.]+)`", section.group(1), re.M)
+
+
+def test_the_readme_lists_every_module_once_in_the_order_of_its_imports() -> None:
+    """Bottom to top: each module the README names comes after every module it imports."""
+    listed = readme_layout()
+    units = {unit(name) for name in MODULES} - {"__main__.py"}
+    assert sorted(units) == sorted(listed)
+    position = {name: index for index, name in enumerate(listed)}
+    backwards = [
+        f"{unit(name)} imports {unit(target)}"
+        for name, targets in GRAPH.items()
+        for target in targets
+        if unit(name) in position
+        and unit(target) != unit(name)
+        and position[unit(target)] > position[unit(name)]
+    ]
+    assert [] == backwards
