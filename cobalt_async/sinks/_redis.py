@@ -9,7 +9,8 @@ Data model (every key of a namespace shares one hash tag, so scripts work on Clu
 - ``{cobalt:NS}:pending`` (hash) and ``:pending:exp`` (zset)  the durable pending registry.
 
 The result key and its Stream entry are written by one Lua script, so a waiter that misses
-the entry finds the key, and one that misses the key gets the entry (correlation.md §6.4).
+the entry finds the key, and one that misses the key gets the entry (``docs/correlation.md``
+says why this is enough).
 Each process runs one listener, ``XREAD BLOCK`` from a cursor pinned before any wait
 registers; after every reconnect, and periodically, it re-reads every pending job. So does
 a second task whenever a waiter's own store read failed: that waiter cannot know whether

@@ -46,7 +46,7 @@ RecordShape: TypeAlias = Literal["new", "old"]
 _Outcome: TypeAlias = int | Literal["network error", "timeout"]
 _Handler: TypeAlias = Callable[[Scope, Receive], Awaitable["_Reply"]]
 
-# Cobalt's delivery policy (cobalt-api.md §6.5): 5 s for the first attempt, 2 s for the retry.
+# Cobalt waits 5 s for the first delivery attempt and 2 s for its single retry.
 _FIRST_TIMEOUT = 5.0
 _RETRY_TIMEOUT = 2.0
 _MAX_BODY = 1 << 20
