@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ from hypothesis.stateful import (
 from cobalt_async import JobTimeoutError, SinkUnavailableError
 from cobalt_async.models import JobEvent, TaskCreatedEvent, TaskFailedEvent, UnknownEvent
 from cobalt_async.sinks import InMemorySink, Outcome, Sink, _memory
+from tests.support import until
 
 JOB = "777"
 
@@ -55,12 +56,6 @@ def failed(job_id: str = JOB) -> Any:
             "data": {"failure_reason": "rejected"},
         }
     )
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Yield to other tasks until *predicate* holds (bounded by the caller's fail_after)."""
-    while not predicate():
-        await anyio.lowlevel.checkpoint()
 
 
 class Waiters:

@@ -25,6 +25,7 @@ from cobalt_async import (
     WebhookReceiver,
     sign_webhook,
 )
+from tests.support import until
 
 pytestmark = pytest.mark.anyio
 
@@ -182,12 +183,6 @@ async def deliver(receiver: WebhookReceiver, payload: dict[str, Any]) -> None:
     headers = {"cobalt-verification": sign_webhook(body, SECRET), "webhook-id": payload["id"]}
     receipt = await receiver.receive(body, headers)
     assert receipt.status_code == 200, receipt
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Yield to other tasks until *predicate* holds (bounded by the caller's fail_after)."""
-    while not predicate():
-        await anyio.lowlevel.checkpoint()
 
 
 async def create_task(client: CobaltClient) -> JobHandle[TaskCreatedEvent]:

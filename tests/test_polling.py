@@ -20,6 +20,7 @@ from cobalt_async import (
     WebhookReceiver,
 )
 from cobalt_async.sinks import Outcome
+from tests.support import until
 from tests.test_handles import (
     JOB,
     QUIET,
@@ -32,7 +33,6 @@ from tests.test_handles import (
     old_record,
     task_created_payload,
     task_failed_payload,
-    until,
 )
 
 FAST = PollPolicy(interval=0.02, max_interval=0.08, backoff=2.0)

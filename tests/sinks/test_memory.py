@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -12,6 +11,7 @@ import pytest
 from cobalt_async import ConfigurationError, JobTimeoutError
 from cobalt_async.models import TaskCreatedEvent, TaskFailedEvent, UnknownEvent
 from cobalt_async.sinks import InMemorySink, Outcome, _memory
+from tests.support import until
 
 pytestmark = pytest.mark.anyio
 
@@ -64,12 +64,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
     monkeypatch.setattr(_memory, "time", fake)
     return fake
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Yield to other tasks until *predicate* holds (bounded by the caller's fail_after)."""
-    while not predicate():
-        await anyio.lowlevel.checkpoint()
 
 
 class TestArrivalOrder:
