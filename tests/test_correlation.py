@@ -13,7 +13,6 @@ from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
-from unittest import mock
 
 import anyio
 import pytest
@@ -30,8 +29,8 @@ from hypothesis.stateful import (
 
 from cobalt_async import JobTimeoutError, SinkUnavailableError
 from cobalt_async.models import JobEvent, TaskCreatedEvent, TaskFailedEvent, UnknownEvent
-from cobalt_async.sinks import InMemorySink, Outcome, Sink, _memory
-from tests.support import until
+from cobalt_async.sinks import InMemorySink, Outcome, Sink
+from tests.support import fake_clock, until
 
 JOB = "777"
 
@@ -540,16 +539,6 @@ MAX_DEDUP_IDS = 2
 MAX_WAITERS = 6
 
 
-class FakeClock:
-    """Stands in for the ``time`` module of ``cobalt_async.sinks._memory``."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-
 class InstrumentedSink(InMemorySink):
     """An InMemorySink that signals each finished store read."""
 
@@ -589,8 +578,7 @@ class CorrelationMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.stack = ExitStack()
-        self.clock = FakeClock()
-        self.stack.enter_context(mock.patch.object(_memory, "time", self.clock))
+        self.clock = self.stack.enter_context(fake_clock())
         self.portal: BlockingPortal = self.stack.enter_context(start_blocking_portal(self.backend))
         self.sink: InstrumentedSink = self.portal.call(self._make_sink)
         self.waiters: list[MachineWaiter] = []
@@ -748,7 +736,7 @@ class CorrelationMachine(RuleBasedStateMachine):
 
     @rule(seconds=st.sampled_from([1.0, 4.0, 6.0, 11.0]))
     def let_time_pass(self, seconds: float) -> None:
-        self.clock.now += seconds
+        self.clock.advance(seconds)
         self._purge()
 
     # Invariants, checked after every step.

@@ -34,8 +34,8 @@ from cobalt_async.fastapi import (
     get_client,
     webhook_router,
 )
-from cobalt_async.sinks import _memory
 from cobalt_async.testing import FakeCobalt, make_task_created_event, signed_delivery
+from tests.support import FakeClock
 from tests.test_asgi import (
     CHUNK,
     DELIVERY_CASES,
@@ -400,21 +400,10 @@ def test_all_is_sorted() -> None:
 # -- deployment: the multi-worker warning -------------------------------------------------------
 
 
-class _Clock:
-    """Stands in for the ``time`` module of ``cobalt_async.sinks._memory``."""
-
-    now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-
 async def test_unclaimed_outcomes_warn_about_several_workers(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture, clock: FakeClock
 ) -> None:
     """Outcomes no wait of this process claimed point at a multi-worker app on InMemorySink."""
-    clock = _Clock()
-    monkeypatch.setattr(_memory, "time", clock)
     sink = InMemorySink(outcome_ttl=60.0)
     app = make_app(sink=sink, webhook_secrets=[SECRET])
 
@@ -422,7 +411,7 @@ async def test_unclaimed_outcomes_warn_about_several_workers(
         async with serve(app) as http:
             # As if another worker had submitted job 1: its webhook landed here.
             await poster(http)(*signed_delivery(make_task_created_event(job_id=1), SECRET))
-            clock.now += 61.0  # job 1's outcome expires, never awaited
+            clock.advance(61.0)  # job 1's outcome expires, never awaited
             await poster(http)(*signed_delivery(make_task_created_event(job_id=2), SECRET))
 
     warnings = [record.getMessage() for record in caplog.records]
