@@ -9,6 +9,8 @@ import pytest
 
 from cobalt_async import BadRequestError, ClientClosedError, CobaltClient, ConfigurationError
 
+pytestmark = pytest.mark.usefixtures("clean_environment")
+
 CLIENT_ID = "ci_live_1d3nt1ty_V4LUE"
 CLIENT_SECRET = "cs_live_s3cr3t_V4LUE"
 ACCESS_TOKEN = "at_t0k3n_V4LUE"
@@ -21,13 +23,6 @@ ENV_VARS = {
 PHI = "Jane Doe DOB 1961-04-02"
 ACCEPTED = {"success": True, "task_id": "t_1", "task_note_id": "n_1", "job_id": 12345}
 EVENTS_PAGE = {"success": True, "webhook_events": [], "pagination": {"current_page": 1}}
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees credentials from the machine it runs on."""
-    for name in [*ENV_VARS.values(), "COBALT_BASE_URL"]:
-        monkeypatch.delenv(name, raising=False)
 
 
 class RecordingTransport(httpx.MockTransport):

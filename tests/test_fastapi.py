@@ -51,7 +51,7 @@ from tests.test_asgi import (
     request_messages,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("clean_environment")]
 
 ROOT = Path(__file__).resolve().parent.parent
 CREDENTIALS = {"client_id": "ci_test", "client_secret": "cs_test", "access_token": "at_test"}
@@ -62,13 +62,6 @@ ENV = {
     "COBALT_WEBHOOK_SECRET": SECRET,
 }
 WEBHOOK_PATH = "/webhooks/cobalt"
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Configuration comes from each test, never from the machine."""
-    for name in [*ENV, "COBALT_BASE_URL", "REDIS_URL", "WEB_CONCURRENCY"]:
-        monkeypatch.delenv(name, raising=False)
 
 
 def make_app(*, router: bool = True, **config: Any) -> FastAPI:
