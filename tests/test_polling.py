@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import pytest
@@ -20,8 +21,7 @@ from cobalt_async import (
     WebhookReceiver,
 )
 from cobalt_async.sinks import Outcome
-from tests.support import until
-from tests.test_handles import (
+from tests.support import (
     JOB,
     QUIET,
     SECRET,
@@ -29,14 +29,45 @@ from tests.test_handles import (
     create_task,
     deliver,
     make_client,
-    new_record,
-    old_record,
     task_created_payload,
     task_failed_payload,
+    until,
 )
 
 FAST = PollPolicy(interval=0.02, max_interval=0.08, backoff=2.0)
 """Polling without a sink, scaled down: 0.02, 0.04, 0.08, 0.08, ... seconds apart."""
+
+
+def new_record(payload: dict[str, Any]) -> dict[str, Any]:
+    """A ``GET /v1/webhook-events`` item in the newer shape."""
+    return {
+        "event_id": payload["id"],
+        "event_type": payload["type"],
+        "webhook_url": "https://example.test/webhooks/cobalt",
+        "delivery_status": "failed",
+        "data": payload["data"],
+        "created_at": "2026-01-01T00:00:00Z",
+        "job_id": payload["job_id"],
+        "access_token_reference_id": "atr_test",
+    }
+
+
+def old_record(payload: dict[str, Any]) -> dict[str, Any]:
+    """A ``GET /v1/webhook-events`` item in the older shape."""
+    return {
+        "id": payload["id"],
+        "access_token_reference_id": "atr_test",
+        "object": "event",
+        "created": "2026-01-01T00:00:00.000Z",
+        "type": payload["type"],
+        "job_id": payload["job_id"],
+        "status": "failed",
+        "delivered": False,
+        "delivery_attempts": 2,
+        "last_delivery_attempt": "2026-01-01T00:00:03.000Z",
+        "response_status_code": 503,
+        "data": payload["data"],
+    }
 
 
 class CountingSink(InMemorySink):
