@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 from unittest import mock
 
@@ -13,14 +14,19 @@ import httpx
 
 from cobalt_async import (
     CobaltClient,
+    Event,
+    InMemorySink,
     JobHandle,
     PollPolicy,
     Sink,
+    SinkUnavailableError,
     TaskCreatedEvent,
     WebhookReceiver,
     sign_webhook,
 )
-from cobalt_async.sinks import _memory
+from cobalt_async._types import ASGIApp, Message, Scope
+from cobalt_async.sinks import PublishResult, _memory
+from cobalt_async.testing import make_task_created_event, make_task_failed_event, signed_delivery
 
 SECRET = "whsec_test"
 """The webhook secret the shared deliveries are signed with."""
@@ -183,3 +189,257 @@ async def deliver(receiver: WebhookReceiver, payload: dict[str, Any]) -> None:
 
 async def create_task(client: CobaltClient) -> JobHandle[TaskCreatedEvent]:
     return await client.tasks.create(patient_mrn="MRN-1", description="Call the patient back")
+
+
+# -- sinks that cannot store -------------------------------------------------------------------
+
+
+class UnavailableSink(InMemorySink):
+    """A sink whose store is down, as RedisSink is when Redis is unreachable."""
+
+    async def publish(
+        self, event: Event, *, delivery_id: str | None = None, via: str = "webhook"
+    ) -> PublishResult:
+        msg = "connection refused by the store"
+        raise SinkUnavailableError(msg)
+
+
+class HangingSink(InMemorySink):
+    """A sink whose store never answers; ``entered`` is set once a publish waits on it."""
+
+    stores_in_process = False  # it waits on a (never-answering) store, as RedisSink does
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = anyio.Event()
+
+    async def publish(
+        self, event: Event, *, delivery_id: str | None = None, via: str = "webhook"
+    ) -> PublishResult:
+        self.entered.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+# -- the receiver table of design §5, for the ASGI app and the FastAPI router ----------------
+
+LIMIT = 1 << 20
+CHUNK = 1 << 16
+Delivery = tuple[bytes, dict[str, str]]
+
+
+def _signed(body: bytes, secret: str = SECRET) -> Delivery:
+    return body, {
+        "content-type": "application/json",
+        "cobalt-verification": sign_webhook(body, secret),
+    }
+
+
+def _unsigned(event: dict[str, Any]) -> Delivery:
+    body, headers = signed_delivery(event, SECRET)
+    del headers["cobalt-verification"]
+    return body, headers
+
+
+def _tampered(event: dict[str, Any]) -> Delivery:
+    body, headers = signed_delivery(event, SECRET)
+    return body.replace(b"MRN-12345", b"MRN-99999"), headers
+
+
+def _pretty(event: dict[str, Any]) -> Delivery:
+    # Signed over the compact form but sent indented: verified by re-serialising (design §5).
+    body, headers = signed_delivery(event, SECRET)
+    return json.dumps(event, indent=2).encode(), headers
+
+
+def _without_job_id() -> dict[str, Any]:
+    event = make_task_created_event(job_id="300")
+    del event["job_id"]
+    return event
+
+
+_UNKNOWN = {"id": "evt_unknown", "object": "event", "type": "patient.updated", "data": {}}
+TABLE_CREATED = make_task_created_event(job_id="100", event_id="evt_100")
+"""The table's ``task.created`` event of job 100, also a plain valid delivery for other tests."""
+_SAME_DATA = {**TABLE_CREATED, "id": "evt_100_bis"}
+_FAILED = make_task_failed_event(job_id="100", event_id="evt_100_failed")
+
+
+@dataclass(frozen=True)
+class Case:
+    """Deliveries sent in order, and what the last answer and the sink must show."""
+
+    id: str
+    deliveries: Sequence[Delivery]
+    status: int
+    outcome: str
+    stored: str | None = None
+    """The type of the outcome stored for job 100, or None when nothing may be stored."""
+    hooked: Sequence[str] = field(default_factory=tuple)
+    """Event types the on_event hook saw, in order."""
+
+
+DELIVERY_CASES = [
+    Case(
+        "new terminal event",
+        [signed_delivery(TABLE_CREATED, SECRET)],
+        200,
+        "accepted",
+        "task.created",
+        ["task.created"],
+    ),
+    Case(
+        "duplicate delivery",
+        [signed_delivery(TABLE_CREATED, SECRET)] * 2,
+        200,
+        "duplicate",
+        "task.created",
+        ["task.created"],
+    ),
+    Case(
+        "duplicate terminal event",
+        [signed_delivery(TABLE_CREATED, SECRET), signed_delivery(_SAME_DATA, SECRET)],
+        200,
+        "duplicate",
+        "task.created",
+        ["task.created"],
+    ),
+    Case(
+        "second different terminal event",
+        [signed_delivery(TABLE_CREATED, SECRET), signed_delivery(_FAILED, SECRET)],
+        200,
+        "conflict",
+        "task.created",
+        ["task.created"],
+    ),
+    Case(
+        "early arrival",
+        [signed_delivery(_FAILED, SECRET)],
+        200,
+        "accepted",
+        "task.failed",
+        ["task.failed"],
+    ),
+    Case(
+        "re-serialised body",
+        [_pretty(TABLE_CREATED)],
+        200,
+        "accepted",
+        "task.created",
+        ["task.created"],
+    ),
+    Case(
+        "unknown type",
+        [signed_delivery(_UNKNOWN, SECRET)],
+        200,
+        "accepted",
+        None,
+        ["patient.updated"],
+    ),
+    Case(
+        "no job_id",
+        [signed_delivery(_without_job_id(), SECRET)],
+        200,
+        "accepted",
+        None,
+        ["task.created"],
+    ),
+    Case("missing signature", [_unsigned(TABLE_CREATED)], 401, "unauthorized"),
+    Case("altered body", [_tampered(TABLE_CREATED)], 401, "unauthorized"),
+    Case("unknown secret", [signed_delivery(TABLE_CREATED, "whsec_other")], 401, "unauthorized"),
+    Case("not JSON", [_signed(b"not json at all")], 400, "invalid"),
+    Case("JSON but not an event", [_signed(b'{"hello":"world"}')], 400, "invalid"),
+    Case("JSON array", [_signed(b"[1,2,3]")], 400, "invalid"),
+    Case("over the limit", [_signed(b" " * (LIMIT + 1))], 413, "too_large"),
+]
+
+
+async def check_case(
+    case: Case,
+    post: Callable[[bytes, dict[str, str]], Any],
+    sink: InMemorySink,
+    hooked: list[Event],
+) -> None:
+    """Send a case's deliveries through *post* and check answer, store and hook."""
+    answers = [await post(body, headers) for body, headers in case.deliveries]
+
+    last = answers[-1]
+    assert (case.status, {"status": case.outcome}) == (last.status_code, last.json())
+    stored = await sink.get_outcomes(["100"])
+    assert case.stored == (stored["100"].event.type if stored else None)
+    assert list(case.hooked) == [event.type for event in hooked]
+    if case.status != 200:
+        assert 0 == sink.stats().buffered
+
+
+# -- ASGI in the raw: an endless body, and a driver that sees every message --------------------
+
+
+class EndlessBody(httpx.AsyncByteStream):
+    """A chunked request body that never ends; ``chunks`` counts the chunks read from it."""
+
+    def __init__(self) -> None:
+        self.chunks = 0
+
+    def __aiter__(self) -> EndlessBody:
+        # An iterator, not an async generator: nothing is left unfinished when it is dropped.
+        return self
+
+    async def __anext__(self) -> bytes:
+        self.chunks += 1
+        return b" " * CHUNK
+
+    def request(self, url: str) -> httpx.Request:
+        return httpx.Request("POST", url, stream=self)
+
+
+class Driver:
+    """Feeds *incoming* to an ASGI app, then blocks; records what the app sent."""
+
+    def __init__(self, incoming: Sequence[Message]) -> None:
+        self.incoming = list(incoming)
+        self.received = 0
+        self.sent: list[Message] = []
+
+    async def receive(self) -> Message:
+        self.received += 1
+        if self.incoming:
+            return self.incoming.pop(0)
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+    async def run(self, app: ASGIApp, scope: Scope) -> None:
+        with anyio.fail_after(5):
+            await app(scope, self.receive, self.send)
+
+    @property
+    def answered(self) -> bool:
+        return any(message["type"] == "http.response.body" for message in self.sent)
+
+    @property
+    def status(self) -> int:
+        return int(self.sent[0]["status"])
+
+
+def http_scope(method: str = "POST", headers: Sequence[tuple[bytes, bytes]] = ()) -> Scope:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "root_path": "",
+        "query_string": b"",
+        "headers": list(headers),
+        "client": ("127.0.0.1", 4000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+def request_messages(body: bytes) -> list[Message]:
+    return [{"type": "http.request", "body": body, "more_body": False}]

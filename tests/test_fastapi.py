@@ -35,8 +35,7 @@ from cobalt_async.fastapi import (
     webhook_router,
 )
 from cobalt_async.testing import FakeCobalt, make_task_created_event, signed_delivery
-from tests.support import FakeClock
-from tests.test_asgi import (
+from tests.support import (
     CHUNK,
     DELIVERY_CASES,
     LIMIT,
@@ -44,8 +43,9 @@ from tests.test_asgi import (
     Case,
     Driver,
     EndlessBody,
-    FailingSink,
-    SlowSink,
+    FakeClock,
+    HangingSink,
+    UnavailableSink,
     check_case,
     http_scope,
     request_messages,
@@ -119,7 +119,7 @@ async def test_early_arrival_resolves_a_handle_attached_later() -> None:
     assert ("emr-7", "webhook") == (result.data.emr_task_id, handle.resolved_via)
 
 
-@pytest.mark.parametrize("sink_class", [FailingSink, SlowSink])
+@pytest.mark.parametrize("sink_class", [UnavailableSink, HangingSink])
 async def test_sink_that_cannot_store_answers_503_in_time(sink_class: type[InMemorySink]) -> None:
     """A sink outage or hang is a 503 within the receiver's 1.5 s, so Cobalt's retry lands."""
     app = make_app(sink=sink_class(), webhook_secrets=[SECRET])

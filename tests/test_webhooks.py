@@ -15,7 +15,6 @@ from cobalt_async import (
     ConfigurationError,
     Event,
     InMemorySink,
-    SinkUnavailableError,
     TaskCreatedEvent,
     UnknownEvent,
     WebhookReceiver,
@@ -23,7 +22,7 @@ from cobalt_async import (
     sign_webhook,
     verify_webhook,
 )
-from cobalt_async.sinks import PublishResult
+from tests.support import HangingSink, UnavailableSink
 
 SECRET = "whsec_current_5ecret_value"
 OLD_SECRET = "whsec_previous_5ecret_value"
@@ -112,32 +111,6 @@ class Recorder:
 
     def __call__(self, event: Event) -> None:
         self.events.append(event)
-
-
-class UnavailableSink(InMemorySink):
-    """A sink whose store is down, as RedisSink is when Redis is unreachable."""
-
-    async def publish(
-        self, event: Event, *, delivery_id: str | None = None, via: str = "webhook"
-    ) -> PublishResult:
-        raise SinkUnavailableError("connection refused by the store")
-
-
-class HangingSink(InMemorySink):
-    """A sink whose store never answers."""
-
-    stores_in_process = False  # it waits on a (never-answering) store, as RedisSink does
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entered = anyio.Event()
-
-    async def publish(
-        self, event: Event, *, delivery_id: str | None = None, via: str = "webhook"
-    ) -> PublishResult:
-        self.entered.set()
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
 
 
 @pytest.fixture
