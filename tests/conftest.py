@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from cobalt_async import InMemorySink
 from tests.support import FakeClock, fake_clock
 
 pytest_plugins = ["tests._redis_server"]
@@ -24,6 +25,12 @@ CONFIGURATION_VARIABLES = [
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Run every anyio test on both backends: the core must not depend on asyncio."""
     return str(request.param)
+
+
+@pytest.fixture
+def sink() -> InMemorySink:
+    """A fresh in-process sink."""
+    return InMemorySink()
 
 
 @pytest.fixture

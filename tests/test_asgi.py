@@ -48,11 +48,6 @@ class OwnResultSink(InMemorySink):
 
 
 @pytest.fixture
-def sink() -> InMemorySink:
-    return InMemorySink()
-
-
-@pytest.fixture
 def hooked() -> list[Event]:
     return []
 

@@ -44,11 +44,6 @@ def stub() -> StubCobalt:
 
 
 @pytest.fixture
-def sink() -> InMemorySink:
-    return InMemorySink()
-
-
-@pytest.fixture
 def receiver(sink: InMemorySink) -> WebhookReceiver:
     return WebhookReceiver(sink, secrets=[SECRET])
 

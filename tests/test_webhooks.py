@@ -114,11 +114,6 @@ class Recorder:
 
 
 @pytest.fixture
-def sink() -> InMemorySink:
-    return InMemorySink()
-
-
-@pytest.fixture
 def hook() -> Recorder:
     return Recorder()
 
