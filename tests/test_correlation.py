@@ -32,6 +32,8 @@ from cobalt_async.models import JobEvent, TaskCreatedEvent, TaskFailedEvent, Unk
 from cobalt_async.sinks import InMemorySink, Outcome, Sink
 from tests.support import fake_clock, until
 
+pytestmark = pytest.mark.anyio
+
 JOB = "777"
 
 
@@ -89,7 +91,6 @@ class Waiters:
 
 
 class TestSharedOutcome:
-    @pytest.mark.anyio
     async def test_several_waiters_of_one_job_share_one_outcome(self) -> None:
         """Five waiters, one slot, one outcome object for all."""
         sink = InMemorySink()
@@ -107,7 +108,6 @@ class TestSharedOutcome:
         assert outcomes[0] == Outcome(event, "webhook")
         assert sink.stats().pending == 0
 
-    @pytest.mark.anyio
     async def test_waiters_of_different_jobs_are_independent(self) -> None:
         """A publish for one job wakes only that job's waiters."""
         sink = InMemorySink()
@@ -127,7 +127,6 @@ class TestSharedOutcome:
 
 
 class TestCancellation:
-    @pytest.mark.anyio
     async def test_cancelling_one_waiter_never_disturbs_the_others(self) -> None:
         """One cancelled waiter detaches alone; the slot and the siblings stay."""
         sink = InMemorySink()
@@ -145,7 +144,6 @@ class TestCancellation:
         assert waiters.results[first] == waiters.results[third] == Outcome(event, "webhook")
         assert sink.stats().pending == 0
 
-    @pytest.mark.anyio
     async def test_cancelling_every_waiter_leaves_no_slot(self) -> None:
         """The last waiter to leave drops the slot."""
         sink = InMemorySink()
@@ -160,7 +158,6 @@ class TestCancellation:
                 assert sink.stats().pending == 0
         assert {waiters.results[index] for index in indexes} == {"cancelled"}
 
-    @pytest.mark.anyio
     async def test_outcome_published_after_a_cancel_is_kept_for_a_later_wait(self) -> None:
         """Detach is not cancel: the outcome is still there for whoever waits next."""
         sink = InMemorySink()
@@ -175,7 +172,6 @@ class TestCancellation:
 
 
 class TestTimeouts:
-    @pytest.mark.anyio
     async def test_timed_out_wait_raises_job_timeout_error(self) -> None:
         """The error is a TimeoutError naming the job and saying it is not a failure."""
         sink = InMemorySink()
@@ -188,7 +184,6 @@ class TestTimeouts:
         assert JOB in str(error)
         assert "timeout does not mean the job failed" in str(error).lower()
 
-    @pytest.mark.anyio
     async def test_timed_out_wait_leaves_no_slot(self) -> None:
         """A timeout releases the slot."""
         sink = InMemorySink()
@@ -196,7 +191,6 @@ class TestTimeouts:
             await sink.wait_for(JOB, timeout=0.05)
         assert sink.stats().pending == 0
 
-    @pytest.mark.anyio
     async def test_wait_after_a_timeout_gets_the_outcome_published_later(self) -> None:
         """A later wait still gets the outcome published after an earlier timeout."""
         sink = InMemorySink()
@@ -207,7 +201,6 @@ class TestTimeouts:
             await sink.publish(event)
             assert await sink.wait_for(JOB, timeout=0.05) == Outcome(event, "webhook")
 
-    @pytest.mark.anyio
     async def test_sibling_timeout_does_not_disturb_a_patient_waiter(self) -> None:
         """One waiter times out; the other, still registered, gets the outcome."""
         sink = InMemorySink()
@@ -224,7 +217,6 @@ class TestTimeouts:
         assert waiters.results[patient] == Outcome(event, "webhook")
         assert sink.stats().pending == 0
 
-    @pytest.mark.anyio
     async def test_zero_timeout_returns_a_stored_outcome(self) -> None:
         """``timeout=0`` is a peek: a stored outcome is returned, no error."""
         sink = InMemorySink()
@@ -232,7 +224,6 @@ class TestTimeouts:
         with anyio.fail_after(2):
             assert (await sink.wait_for(JOB, timeout=0)).event.type == "task.created"
 
-    @pytest.mark.anyio
     async def test_zero_timeout_without_outcome_raises(self) -> None:
         """``timeout=0`` with nothing stored times out at once and leaves no slot."""
         sink = InMemorySink()
@@ -244,7 +235,6 @@ class TestTimeouts:
 class TestSharedTimers:
     """An open sink serves every wait's timer from one task instead of a scope per wait."""
 
-    @pytest.mark.anyio
     async def test_open_sink_times_waits_out_with_its_shared_timer(self) -> None:
         """Timeouts of many waits fire from the shared timer, each for its own job."""
         errors: list[str] = []
@@ -264,7 +254,6 @@ class TestSharedTimers:
         assert sorted(f"job-{n}" for n in range(20)) == sorted(errors)
         assert 0 == sink.stats().pending
 
-    @pytest.mark.anyio
     async def test_shared_timer_still_lets_a_publish_wake_the_wait(self) -> None:
         """A wait sleeping on the shared timer is woken by its outcome at once."""
         async with InMemorySink() as sink:
@@ -279,7 +268,6 @@ class TestSharedTimers:
             assert isinstance(outcome, Outcome)
             assert JOB == outcome.event.job_id
 
-    @pytest.mark.anyio
     async def test_closing_the_sink_hands_timers_back_to_the_waits(self) -> None:
         """Waits sleeping on the shared timer when the sink closes still time out."""
         sink = InMemorySink()
@@ -295,7 +283,6 @@ class TestSharedTimers:
 
 
 class TestSlotHygiene:
-    @pytest.mark.anyio
     @pytest.mark.parametrize("ending", ["resolved", "timed_out", "cancelled"])
     async def test_no_slot_survives_the_end_of_a_wait(self, ending: str) -> None:
         """Resolved, timed out or cancelled: pending drops back to zero."""
@@ -316,7 +303,6 @@ class TestSlotHygiene:
         assert isinstance(result, expected)
 
 
-    @pytest.mark.anyio
     async def test_a_sink_with_a_pending_registry_forgets_a_job_once_its_wait_ends(
         self,
     ) -> None:
@@ -391,7 +377,6 @@ class GatedSink(Sink):
 
 
 class TestInterleavings:
-    @pytest.mark.anyio
     @pytest.mark.parametrize("fresh_reads", [False, True], ids=["stale-read", "fresh-read"])
     async def test_publish_between_register_and_read_return_is_not_lost(
         self, fresh_reads: bool
@@ -411,7 +396,6 @@ class TestInterleavings:
         assert waiters.results[index] == Outcome(event, "webhook")
         assert sink.stats().pending == 0
 
-    @pytest.mark.anyio
     async def test_publish_before_register_is_found_by_the_read(self) -> None:
         """Early arrival: stored before the slot exists, found by the gated read."""
         sink = GatedSink()
@@ -426,7 +410,6 @@ class TestInterleavings:
                 await waiters.finished(index)
         assert waiters.results[index] == Outcome(event, "webhook")
 
-    @pytest.mark.anyio
     async def test_publish_while_the_wakeup_channel_arms_is_found_by_the_read(self) -> None:
         """A publish before registration (the waiter still arming) is read from the store."""
         sink = GatedSink(gate_arming=True, fresh_reads=True)
@@ -445,7 +428,6 @@ class TestInterleavings:
         assert waiters.results[index] == Outcome(event, "webhook")
         assert sink.reads == 1
 
-    @pytest.mark.anyio
     async def test_second_waiter_joining_during_a_read_shares_the_outcome(self) -> None:
         """A waiter joining while the first one's read is in flight resolves with it."""
         sink = GatedSink()
@@ -464,7 +446,6 @@ class TestInterleavings:
         assert waiters.results[first] is waiters.results[second]
         assert waiters.results[first] == Outcome(event, "webhook")
 
-    @pytest.mark.anyio
     async def test_waiter_cancelled_during_its_read_leaves_no_slot(self) -> None:
         """Cancelled mid-read: the slot goes, and the outcome waits for the next wait."""
         sink = GatedSink(fresh_reads=True)
@@ -482,7 +463,6 @@ class TestInterleavings:
             sink.read_gate.set()
             assert await sink.wait_for(JOB, timeout=1) == Outcome(event, "webhook")
 
-    @pytest.mark.anyio
     async def test_failed_store_read_still_lets_a_publish_wake_the_waiter(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
@@ -502,7 +482,6 @@ class TestInterleavings:
                 await waiters.finished(index)
         assert waiters.results[index] == Outcome(event, "webhook")
 
-    @pytest.mark.anyio
     async def test_timeout_holds_while_the_store_read_hangs(self) -> None:
         """A store read that never returns does not stretch the wait past its timeout."""
         sink = GatedSink()
@@ -511,7 +490,6 @@ class TestInterleavings:
         assert sink.read_entered.is_set()
         assert sink.stats().pending == 0
 
-    @pytest.mark.anyio
     async def test_conflict_during_a_read_still_gives_every_waiter_the_first(self) -> None:
         """Publish, conflicting publish, then the stale read returns: the first wins."""
         sink = GatedSink()

@@ -282,7 +282,6 @@ class TestAttach:
 
 
 class TestManyHandles:
-    @pytest.mark.anyio
     async def test_ten_thousand_handles_resolve_in_random_order_and_leave_nothing_pending(
         self,
     ) -> None:
