@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Future
-from contextlib import ExitStack
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -376,6 +376,24 @@ class GatedSink(Sink):
         return len(self.store), 0, 0
 
 
+@asynccontextmanager
+async def held_waiter(
+    sink: GatedSink, *, entered: anyio.Event | None = None
+) -> AsyncIterator[tuple[Waiters, int]]:
+    """
+    Start one waiter of JOB and yield it once it is held at a gate of *sink*.
+
+    *entered* says it is held: by default ``read_entered``, its store read began. All of it,
+    the test's body included, runs within two seconds.
+    """
+    with anyio.fail_after(2):
+        async with anyio.create_task_group() as tg:
+            waiters = Waiters(sink, tg)
+            index = waiters.start()
+            await (sink.read_entered if entered is None else entered).wait()
+            yield waiters, index
+
+
 class TestInterleavings:
     @pytest.mark.parametrize("fresh_reads", [False, True], ids=["stale-read", "fresh-read"])
     async def test_publish_between_register_and_read_return_is_not_lost(
@@ -384,15 +402,11 @@ class TestInterleavings:
         """Registered, store read in flight, publish, read returns: the waiter resolves."""
         sink = GatedSink(fresh_reads=fresh_reads)
         event = created()
-        with anyio.fail_after(2):
-            async with anyio.create_task_group() as tg:
-                waiters = Waiters(sink, tg)
-                index = waiters.start()
-                await sink.read_entered.wait()
-                assert sink.stats().pending == 1
-                assert await sink.publish(event) == "accepted"
-                sink.read_gate.set()
-                await waiters.finished(index)
+        async with held_waiter(sink) as (waiters, index):
+            assert sink.stats().pending == 1
+            assert await sink.publish(event) == "accepted"
+            sink.read_gate.set()
+            await waiters.finished(index)
         assert waiters.results[index] == Outcome(event, "webhook")
         assert sink.stats().pending == 0
 
@@ -401,13 +415,9 @@ class TestInterleavings:
         sink = GatedSink()
         event = created()
         await sink.publish(event)
-        with anyio.fail_after(2):
-            async with anyio.create_task_group() as tg:
-                waiters = Waiters(sink, tg)
-                index = waiters.start()
-                await sink.read_entered.wait()
-                sink.read_gate.set()
-                await waiters.finished(index)
+        async with held_waiter(sink) as (waiters, index):
+            sink.read_gate.set()
+            await waiters.finished(index)
         assert waiters.results[index] == Outcome(event, "webhook")
 
     async def test_publish_while_the_wakeup_channel_arms_is_found_by_the_read(self) -> None:
@@ -415,16 +425,12 @@ class TestInterleavings:
         sink = GatedSink(gate_arming=True, fresh_reads=True)
         sink.read_gate.set()
         event = created()
-        with anyio.fail_after(2):
-            async with anyio.create_task_group() as tg:
-                waiters = Waiters(sink, tg)
-                index = waiters.start()
-                await sink.arm_entered.wait()
-                assert sink.stats().pending == 0
-                await sink.publish(event)
-                assert sink.arm_gate is not None
-                sink.arm_gate.set()
-                await waiters.finished(index)
+        async with held_waiter(sink, entered=sink.arm_entered) as (waiters, index):
+            assert sink.stats().pending == 0
+            await sink.publish(event)
+            assert sink.arm_gate is not None
+            sink.arm_gate.set()
+            await waiters.finished(index)
         assert waiters.results[index] == Outcome(event, "webhook")
         assert sink.reads == 1
 
@@ -432,17 +438,13 @@ class TestInterleavings:
         """A waiter joining while the first one's read is in flight resolves with it."""
         sink = GatedSink()
         event = created()
-        with anyio.fail_after(2):
-            async with anyio.create_task_group() as tg:
-                waiters = Waiters(sink, tg)
-                first = waiters.start()
-                await sink.read_entered.wait()
-                second = waiters.start()
-                await until(lambda: sink.reads == 2)
-                assert sink.stats().pending == 1
-                await sink.publish(event)
-                sink.read_gate.set()
-                await waiters.finished(first, second)
+        async with held_waiter(sink) as (waiters, first):
+            second = waiters.start()
+            await until(lambda: sink.reads == 2)
+            assert sink.stats().pending == 1
+            await sink.publish(event)
+            sink.read_gate.set()
+            await waiters.finished(first, second)
         assert waiters.results[first] is waiters.results[second]
         assert waiters.results[first] == Outcome(event, "webhook")
 
@@ -450,15 +452,12 @@ class TestInterleavings:
         """Cancelled mid-read: the slot goes, and the outcome waits for the next wait."""
         sink = GatedSink(fresh_reads=True)
         event = created()
+        async with held_waiter(sink) as (waiters, index):
+            waiters.scopes[index].cancel()
+            await waiters.finished(index)
+        assert waiters.results[index] == "cancelled"
+        assert sink.stats().pending == 0
         with anyio.fail_after(2):
-            async with anyio.create_task_group() as tg:
-                waiters = Waiters(sink, tg)
-                index = waiters.start()
-                await sink.read_entered.wait()
-                waiters.scopes[index].cancel()
-                await waiters.finished(index)
-            assert waiters.results[index] == "cancelled"
-            assert sink.stats().pending == 0
             assert await sink.publish(event) == "accepted"
             sink.read_gate.set()
             assert await sink.wait_for(JOB, timeout=1) == Outcome(event, "webhook")
@@ -470,11 +469,8 @@ class TestInterleavings:
         sink = GatedSink()
         sink.fail_reads = True
         event = created()
-        with anyio.fail_after(2), caplog.at_level(logging.WARNING):
-            async with anyio.create_task_group() as tg:
-                waiters = Waiters(sink, tg)
-                index = waiters.start()
-                await sink.read_entered.wait()
+        with caplog.at_level(logging.WARNING):
+            async with held_waiter(sink) as (waiters, index):
                 sink.read_gate.set()
                 await until(lambda: any("store read" in r.getMessage() for r in caplog.records))
                 assert index not in waiters.results
@@ -494,15 +490,11 @@ class TestInterleavings:
         """Publish, conflicting publish, then the stale read returns: the first wins."""
         sink = GatedSink()
         first = created()
-        with anyio.fail_after(2):
-            async with anyio.create_task_group() as tg:
-                waiters = Waiters(sink, tg)
-                index = waiters.start()
-                await sink.read_entered.wait()
-                await sink.publish(first)
-                assert await sink.publish(failed()) == "conflict"
-                sink.read_gate.set()
-                await waiters.finished(index)
+        async with held_waiter(sink) as (waiters, index):
+            await sink.publish(first)
+            assert await sink.publish(failed()) == "conflict"
+            sink.read_gate.set()
+            await waiters.finished(index)
         assert waiters.results[index] == Outcome(first, "webhook")
         assert sink.stats().conflicts == 1
 
