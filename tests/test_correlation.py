@@ -302,7 +302,6 @@ class TestSlotHygiene:
         expected = {"resolved": Outcome, "timed_out": JobTimeoutError, "cancelled": str}[ending]
         assert isinstance(result, expected)
 
-
     async def test_a_sink_with_a_pending_registry_forgets_a_job_once_its_wait_ends(
         self,
     ) -> None:

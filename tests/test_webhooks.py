@@ -362,9 +362,7 @@ class TestNonTerminalEvents:
         assert 200 == receipt.status_code
         assert any("on_event hook failed" in record.getMessage() for record in caplog.records)
 
-    async def test_async_hook_that_raises_never_crashes_ingestion(
-        self, sink: InMemorySink
-    ) -> None:
+    async def test_async_hook_that_raises_never_crashes_ingestion(self, sink: InMemorySink) -> None:
         """An async hook's exception is swallowed as a sync hook's is."""
 
         async def on_event(event: Event) -> None:
@@ -627,9 +625,7 @@ class TestSignatures:
 
         assert expected == sign_webhook({"a": 1}, "clé-東京")
 
-    async def test_raw_body_is_required_not_a_parsed_dict(
-        self, receiver: WebhookReceiver
-    ) -> None:
+    async def test_raw_body_is_required_not_a_parsed_dict(self, receiver: WebhookReceiver) -> None:
         """receive() given a dict raises TypeError explaining that raw bytes are needed."""
         _, headers = signed(task_created())
 
