@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import free_port
+
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 
@@ -38,19 +40,13 @@ def redis_server_binary() -> str:
     return binary
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class RedisServer:
     """One ``redis-server`` process on a fixed loopback port and data directory."""
 
     def __init__(self, binary: str, directory: Path) -> None:
         self.binary = binary
         self.dir = directory
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0

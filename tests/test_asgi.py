@@ -2,200 +2,37 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator
 
 import anyio
 import httpx
 import pytest
 
-from cobalt_async import Event, InMemorySink, SinkUnavailableError, WebhookReceiver
-from cobalt_async._types import ASGIApp, Message, Scope
+from cobalt_async import Event, InMemorySink, WebhookReceiver
 from cobalt_async.asgi import WebhookApp
 from cobalt_async.sinks import PublishResult
-from cobalt_async.testing import (
-    make_task_created_event,
-    make_task_failed_event,
-    signed_delivery,
-)
+from cobalt_async.testing import make_task_created_event, signed_delivery
 from cobalt_async.testing import sign_webhook as sign
+from tests.support import (
+    CHUNK,
+    DELIVERY_CASES,
+    LIMIT,
+    SECRET,
+    TABLE_CREATED,
+    Case,
+    Driver,
+    EndlessBody,
+    HangingSink,
+    UnavailableSink,
+    check_case,
+    http_scope,
+    request_messages,
+)
 
 pytestmark = pytest.mark.anyio
-
-SECRET = "whsec_test"
-LIMIT = 1 << 20
-CHUNK = 1 << 16
-Delivery = tuple[bytes, dict[str, str]]
-
-
-# -- the receiver table of design §5, shared with tests/test_fastapi.py ----------------------
-
-
-def _signed(body: bytes, secret: str = SECRET) -> Delivery:
-    return body, {"content-type": "application/json", "cobalt-verification": sign(body, secret)}
-
-
-def _unsigned(event: dict[str, Any]) -> Delivery:
-    body, headers = signed_delivery(event, SECRET)
-    del headers["cobalt-verification"]
-    return body, headers
-
-
-def _tampered(event: dict[str, Any]) -> Delivery:
-    body, headers = signed_delivery(event, SECRET)
-    return body.replace(b"MRN-12345", b"MRN-99999"), headers
-
-
-def _pretty(event: dict[str, Any]) -> Delivery:
-    # Signed over the compact form but sent indented: verified by re-serialising (design §5).
-    body, headers = signed_delivery(event, SECRET)
-    return json.dumps(event, indent=2).encode(), headers
-
-
-def _without_job_id() -> dict[str, Any]:
-    event = make_task_created_event(job_id="300")
-    del event["job_id"]
-    return event
-
-
-_UNKNOWN = {"id": "evt_unknown", "object": "event", "type": "patient.updated", "data": {}}
-_CREATED = make_task_created_event(job_id="100", event_id="evt_100")
-_SAME_DATA = {**_CREATED, "id": "evt_100_bis"}
-_FAILED = make_task_failed_event(job_id="100", event_id="evt_100_failed")
-
-
-@dataclass(frozen=True)
-class Case:
-    """Deliveries sent in order, and what the last answer and the sink must show."""
-
-    id: str
-    deliveries: Sequence[Delivery]
-    status: int
-    result: str
-    stored: str | None = None
-    """The type of the outcome stored for job 100, or None when nothing may be stored."""
-    hooked: Sequence[str] = field(default_factory=tuple)
-    """Event types the on_event hook saw, in order."""
-
-
-DELIVERY_CASES = [
-    Case(
-        "new terminal event",
-        [signed_delivery(_CREATED, SECRET)],
-        200,
-        "accepted",
-        "task.created",
-        ["task.created"],
-    ),
-    Case(
-        "duplicate delivery",
-        [signed_delivery(_CREATED, SECRET)] * 2,
-        200,
-        "duplicate",
-        "task.created",
-        ["task.created"],
-    ),
-    Case(
-        "duplicate terminal event",
-        [signed_delivery(_CREATED, SECRET), signed_delivery(_SAME_DATA, SECRET)],
-        200,
-        "duplicate",
-        "task.created",
-        ["task.created"],
-    ),
-    Case(
-        "second different terminal event",
-        [signed_delivery(_CREATED, SECRET), signed_delivery(_FAILED, SECRET)],
-        200,
-        "conflict",
-        "task.created",
-        ["task.created"],
-    ),
-    Case(
-        "early arrival",
-        [signed_delivery(_FAILED, SECRET)],
-        200,
-        "accepted",
-        "task.failed",
-        ["task.failed"],
-    ),
-    Case(
-        "re-serialised body",
-        [_pretty(_CREATED)],
-        200,
-        "accepted",
-        "task.created",
-        ["task.created"],
-    ),
-    Case(
-        "unknown type",
-        [signed_delivery(_UNKNOWN, SECRET)],
-        200,
-        "accepted",
-        None,
-        ["patient.updated"],
-    ),
-    Case(
-        "no job_id",
-        [signed_delivery(_without_job_id(), SECRET)],
-        200,
-        "accepted",
-        None,
-        ["task.created"],
-    ),
-    Case("missing signature", [_unsigned(_CREATED)], 401, "unauthorized"),
-    Case("altered body", [_tampered(_CREATED)], 401, "unauthorized"),
-    Case("unknown secret", [signed_delivery(_CREATED, "whsec_other")], 401, "unauthorized"),
-    Case("not JSON", [_signed(b"not json at all")], 400, "invalid"),
-    Case("JSON but not an event", [_signed(b'{"hello":"world"}')], 400, "invalid"),
-    Case("JSON array", [_signed(b"[1,2,3]")], 400, "invalid"),
-    Case("over the limit", [_signed(b" " * (LIMIT + 1))], 413, "too_large"),
-]
-
-
-async def check_case(
-    case: Case,
-    post: Callable[[bytes, dict[str, str]], Any],
-    sink: InMemorySink,
-    hooked: list[Event],
-) -> None:
-    """Send a case's deliveries through *post* and check answer, store and hook."""
-    answers = [await post(body, headers) for body, headers in case.deliveries]
-
-    last = answers[-1]
-    assert (case.status, {"status": case.result}) == (last.status_code, last.json())
-    stored = await sink.get_outcomes(["100"])
-    assert case.stored == (stored["100"].event.type if stored else None)
-    assert list(case.hooked) == [event.type for event in hooked]
-    if case.status != 200:
-        assert 0 == sink.stats().buffered
-
-
-class FailingSink(InMemorySink):
-    """A sink whose store is down, as Redis can be."""
-
-    async def publish(
-        self, event: Event, *, delivery_id: str | None = None, via: str = "webhook"
-    ) -> PublishResult:
-        msg = "redis unreachable"
-        raise SinkUnavailableError(msg)
-
-
-class SlowSink(InMemorySink):
-    """A sink whose store hangs."""
-
-    stores_in_process = False  # it waits on a (hanging) store, as RedisSink does
-
-    async def publish(
-        self, event: Event, *, delivery_id: str | None = None, via: str = "webhook"
-    ) -> PublishResult:
-        await anyio.sleep_forever()
-        raise AssertionError
 
 
 class OwnResultSink(InMemorySink):
@@ -207,85 +44,7 @@ class OwnResultSink(InMemorySink):
         return "queued"  # type: ignore[return-value]
 
 
-class EndlessBody(httpx.AsyncByteStream):
-    """A chunked request body that never ends; ``chunks`` counts the chunks read from it."""
-
-    def __init__(self) -> None:
-        self.chunks = 0
-
-    def __aiter__(self) -> EndlessBody:
-        # An iterator, not an async generator: nothing is left unfinished when it is dropped.
-        return self
-
-    async def __anext__(self) -> bytes:
-        self.chunks += 1
-        return b" " * CHUNK
-
-    def request(self, url: str) -> httpx.Request:
-        return httpx.Request("POST", url, stream=self)
-
-
-# -- a raw ASGI driver, to see the order of messages and what was read ----------------------
-
-
-class Driver:
-    """Feeds *incoming* to an ASGI app, then blocks; records what the app sent."""
-
-    def __init__(self, incoming: Sequence[Message]) -> None:
-        self.incoming = list(incoming)
-        self.received = 0
-        self.sent: list[Message] = []
-
-    async def receive(self) -> Message:
-        self.received += 1
-        if self.incoming:
-            return self.incoming.pop(0)
-        await anyio.sleep_forever()
-        raise AssertionError
-
-    async def send(self, message: Message) -> None:
-        self.sent.append(message)
-
-    async def run(self, app: ASGIApp, scope: Scope) -> None:
-        with anyio.fail_after(5):
-            await app(scope, self.receive, self.send)
-
-    @property
-    def answered(self) -> bool:
-        return any(message["type"] == "http.response.body" for message in self.sent)
-
-    @property
-    def status(self) -> int:
-        return int(self.sent[0]["status"])
-
-
-def http_scope(method: str = "POST", headers: Sequence[tuple[bytes, bytes]] = ()) -> Scope:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": "/",
-        "raw_path": b"/",
-        "root_path": "",
-        "query_string": b"",
-        "headers": list(headers),
-        "client": ("127.0.0.1", 4000),
-        "server": ("127.0.0.1", 8000),
-    }
-
-
-def request_messages(body: bytes) -> list[Message]:
-    return [{"type": "http.request", "body": body, "more_body": False}]
-
-
 # -- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def sink() -> InMemorySink:
-    return InMemorySink()
 
 
 @pytest.fixture
@@ -307,7 +66,7 @@ async def http(receiver: WebhookReceiver) -> AsyncIterator[httpx.AsyncClient]:
 
 async def _deliver_once(receiver: WebhookReceiver) -> httpx.Response:
     """One signed ``task.created`` delivery through a :class:`WebhookApp`, answered within 2 s."""
-    body, headers = signed_delivery(_CREATED, SECRET)
+    body, headers = signed_delivery(TABLE_CREATED, SECRET)
     transport = httpx.ASGITransport(app=WebhookApp(receiver))
     async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as http:
         with anyio.fail_after(2):
@@ -321,7 +80,7 @@ async def _deliver_once(receiver: WebhookReceiver) -> httpx.Response:
 async def test_receiver_table(
     case: Case, http: httpx.AsyncClient, sink: InMemorySink, hooked: list[Event]
 ) -> None:
-    """Each row of design §5 gets its status, a bare outcome body, and stores what it should."""
+    """Each row of design §5 gets its status, a bare result body, and stores what it should."""
 
     async def post(body: bytes, headers: dict[str, str]) -> httpx.Response:
         return await http.post("/", content=body, headers=headers)
@@ -350,7 +109,7 @@ async def test_a_sink_result_of_its_own_is_answered_as_it_was_before() -> None:
     assert (200, {"status": "queued"}) == (response.status_code, response.json())
 
 
-@pytest.mark.parametrize("sink_class", [FailingSink, SlowSink])
+@pytest.mark.parametrize("sink_class", [UnavailableSink, HangingSink])
 async def test_sink_that_cannot_store_answers_503_in_time(
     sink_class: type[InMemorySink], hooked: list[Event]
 ) -> None:
@@ -406,7 +165,7 @@ async def test_endless_asgi_stream_gets_413_without_reading_the_rest(
 
 async def test_body_exactly_at_the_limit_is_read() -> None:
     """The limit is inclusive: a signed body of exactly max_body_bytes is processed."""
-    body = signed_delivery(_CREATED, SECRET)[0]
+    body = signed_delivery(TABLE_CREATED, SECRET)[0]
     body += b" " * (2048 - len(body))
     receiver = WebhookReceiver(InMemorySink(), secrets=[SECRET], max_body_bytes=2048)
     driver = Driver(request_messages(body))
@@ -420,7 +179,7 @@ async def test_body_exactly_at_the_limit_is_read() -> None:
 @pytest.mark.parametrize("chunks", [1, 3], ids=["one message", "three messages"])
 async def test_a_body_sent_as_bytearray_is_verified_and_stored(chunks: int) -> None:
     """A server that sends the body as a bytearray (ASGI says bytes) still gets a 200."""
-    body = signed_delivery(_CREATED, SECRET)[0]
+    body = signed_delivery(TABLE_CREATED, SECRET)[0]
     sink = InMemorySink()
     receiver = WebhookReceiver(sink, secrets=[SECRET])
     size = -(-len(body) // chunks)
@@ -477,7 +236,7 @@ async def test_hook_runs_after_the_response_is_sent(sink: InMemorySink) -> None:
     receiver = WebhookReceiver(
         sink, secrets=[SECRET], on_event=lambda event: seen.append(driver.answered)
     )
-    body, headers = signed_delivery(_CREATED, SECRET)
+    body, headers = signed_delivery(TABLE_CREATED, SECRET)
     driver.incoming = request_messages(body)
     raw = [(name.encode(), value.encode()) for name, value in headers.items()]
 
@@ -497,7 +256,7 @@ async def test_hook_failure_is_logged_not_answered(
 
     receiver = WebhookReceiver(sink, secrets=[SECRET], on_event=hook)
     transport = httpx.ASGITransport(app=WebhookApp(receiver))
-    body, headers = signed_delivery(_CREATED, SECRET)
+    body, headers = signed_delivery(TABLE_CREATED, SECRET)
 
     with caplog.at_level(logging.ERROR, logger="cobalt_async"):
         async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as http:
@@ -542,7 +301,7 @@ async def test_mounts_as_an_exact_route_in_another_framework(receiver: WebhookRe
     from starlette.routing import Route
 
     outer = Starlette(routes=[Route("/hooks/cobalt", WebhookApp(receiver), methods=["POST"])])
-    body, headers = signed_delivery(_CREATED, SECRET)
+    body, headers = signed_delivery(TABLE_CREATED, SECRET)
     transport = httpx.ASGITransport(app=outer)
 
     async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as http:

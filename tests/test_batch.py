@@ -421,7 +421,6 @@ async def test_an_error_raised_inside_as_completed_reaches_the_caller_unwrapped(
             assert env.sink.stats().pending == 0
 
 
-@pytest.mark.anyio
 async def test_a_failing_progress_callback_loses_no_handle(
     cobalt_client: CobaltClient, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -438,7 +437,6 @@ async def test_a_failing_progress_callback_loses_no_handle(
     assert 5 == sum("on_progress callback failed" in r.message for r in caplog.records)
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize(("retry_after", "pause"), [(5.0, 5.0), (100_000.0, MAX_RETRY_AFTER)])
 async def test_a_batch_pause_honours_retry_after_up_to_the_single_request_cap(
     retry_after: float, pause: float

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import io
 import json
-import queue
-import shlex
-import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -21,10 +14,9 @@ import pytest
 
 from cobalt_async._cli import main
 from cobalt_async.testing import make_task_created_event, sign_webhook, signed_delivery
+from tests.support import START_TIMEOUT, free_port, server
 
 SECRET = "whsec_cli_test"
-START_TIMEOUT = 20.0
-STOP_TIMEOUT = 10.0
 HTTP_TIMEOUT = 5.0
 COBALT_HEADERS = {"client_id": "ci_test", "client_secret": "cs_test", "access_token": "at_test"}
 
@@ -264,105 +256,9 @@ def test_verify_refuses_a_bad_delivery_with_status_1_and_the_reason(
 # -- simulate and listen, as real processes ----------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def assert_port_closed(port: int) -> None:
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=HTTP_TIMEOUT).close()
-
-
-class Server:
-    """A ``python -m cobalt_async`` process whose stdout is read line by line, with deadlines."""
-
-    def __init__(self, *args: str, sigint_ignored: bool = False) -> None:
-        command = [sys.executable, "-m", "cobalt_async", *args]
-        if sigint_ignored:
-            # What a shell does to `cobalt-async simulate ... &`: SIGINT is ignored on entry.
-            command = ["sh", "-c", f"trap '' INT; exec {shlex.join(command)}"]
-        self.process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.errors: list[str] = []
-        self._pumps = [
-            threading.Thread(target=self._pump_stdout, daemon=True),
-            threading.Thread(target=self._pump_stderr, daemon=True),
-        ]
-        for pump in self._pumps:
-            pump.start()
-
-    def _pump_stdout(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def _pump_stderr(self) -> None:
-        assert self.process.stderr is not None
-        self.errors.extend(self.process.stderr)
-
-    def expect(self, text: str, timeout: float = START_TIMEOUT) -> str:
-        """The next stdout line containing *text*; fails after *timeout* seconds."""
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                line = self.lines.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if line is None:
-                status = self.process.wait(timeout=STOP_TIMEOUT)
-                pytest.fail(f"exited with {status} before printing {text!r}: {self.errors}")
-            if text in line:
-                return line
-        pytest.fail(f"no line with {text!r} after {timeout} s")
-
-    def next_line(self, timeout: float = START_TIMEOUT) -> str | None:
-        try:
-            return self.lines.get(timeout=timeout)
-        except queue.Empty:
-            pytest.fail(f"no line after {timeout} s")
-
-    def interrupt(self) -> int:
-        """Send SIGINT (Ctrl-C) and return the exit status; fails if it does not stop."""
-        self.process.send_signal(signal.SIGINT)
-        try:
-            status = self.process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"still running {STOP_TIMEOUT} s after SIGINT")
-        for pump in self._pumps:
-            pump.join(timeout=STOP_TIMEOUT)  # the pipes are closed: all output is read
-        return status
-
-    def kill(self) -> None:
-        """Kill the process if it still runs, and close its pipes."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=STOP_TIMEOUT)
-        for pump in self._pumps:
-            pump.join(timeout=STOP_TIMEOUT)
-        for pipe in (self.process.stdout, self.process.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
-@contextmanager
-def server(*args: str, ready: str, sigint_ignored: bool = False) -> Iterator[Server]:
-    """Start a server process, wait for its *ready* line, and always kill it at the end."""
-    process = Server(*args, sigint_ignored=sigint_ignored)
-    try:
-        process.expect(ready)
-        yield process
-    finally:
-        process.kill()
 
 
 @pytest.mark.e2e

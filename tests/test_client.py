@@ -9,6 +9,8 @@ import pytest
 
 from cobalt_async import BadRequestError, ClientClosedError, CobaltClient, ConfigurationError
 
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("clean_environment")]
+
 CLIENT_ID = "ci_live_1d3nt1ty_V4LUE"
 CLIENT_SECRET = "cs_live_s3cr3t_V4LUE"
 ACCESS_TOKEN = "at_t0k3n_V4LUE"
@@ -21,13 +23,6 @@ ENV_VARS = {
 PHI = "Jane Doe DOB 1961-04-02"
 ACCEPTED = {"success": True, "task_id": "t_1", "task_note_id": "n_1", "job_id": 12345}
 EVENTS_PAGE = {"success": True, "webhook_events": [], "pagination": {"current_page": 1}}
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees credentials from the machine it runs on."""
-    for name in [*ENV_VARS.values(), "COBALT_BASE_URL"]:
-        monkeypatch.delenv(name, raising=False)
 
 
 class RecordingTransport(httpx.MockTransport):
@@ -65,7 +60,6 @@ def make_client(transport: httpx.AsyncBaseTransport, **kwargs: str) -> CobaltCli
 class TestConfiguration:
     """Credentials and base URL come from arguments, else from COBALT_* variables."""
 
-    @pytest.mark.anyio
     async def test_credentials_and_base_url_are_read_from_the_environment(
         self, monkeypatch: pytest.MonkeyPatch, transport: RecordingTransport
     ) -> None:
@@ -83,7 +77,6 @@ class TestConfiguration:
         for name in ENV_VARS:
             assert f"env_{name}" == request.headers[name]
 
-    @pytest.mark.anyio
     async def test_arguments_win_over_the_environment(
         self, monkeypatch: pytest.MonkeyPatch, transport: RecordingTransport
     ) -> None:
@@ -123,7 +116,6 @@ class TestConfiguration:
         for secret in given.values():
             assert secret not in message
 
-    @pytest.mark.anyio
     async def test_surrounding_whitespace_in_a_credential_is_ignored(
         self, monkeypatch: pytest.MonkeyPatch, transport: RecordingTransport
     ) -> None:
@@ -156,7 +148,6 @@ class TestConfiguration:
         assert "cs_live_" not in message
         assert None is info.value.__cause__
 
-    @pytest.mark.anyio
     async def test_transport_and_http_client_together_are_refused(
         self, transport: RecordingTransport
     ) -> None:
@@ -180,7 +171,6 @@ class TestConfiguration:
 class TestLifecycle:
     """async with / aclose(): an owned http client is closed, an injected one never is."""
 
-    @pytest.mark.anyio
     async def test_async_with_closes_the_owned_http_client(
         self, transport: RecordingTransport
     ) -> None:
@@ -191,7 +181,6 @@ class TestLifecycle:
         assert transport.closed
         assert "closed" in repr(client)
 
-    @pytest.mark.anyio
     async def test_aclose_closes_the_owned_http_client_once(
         self, transport: RecordingTransport
     ) -> None:
@@ -203,7 +192,6 @@ class TestLifecycle:
 
         assert transport.closed
 
-    @pytest.mark.anyio
     async def test_injected_http_client_is_never_closed(
         self, transport: RecordingTransport
     ) -> None:
@@ -220,7 +208,6 @@ class TestLifecycle:
             assert 2 == len(transport.requests)
             assert CLIENT_ID == transport.requests[0].headers["client_id"]
 
-    @pytest.mark.anyio
     async def test_use_after_aclose_raises_client_closed(
         self, transport: RecordingTransport
     ) -> None:
@@ -238,7 +225,6 @@ class TestLifecycle:
         assert isinstance(info.value, RuntimeError)
         assert [] == transport.requests
 
-    @pytest.mark.anyio
     async def test_waiting_after_aclose_without_a_sink_raises_client_closed(
         self, transport: RecordingTransport
     ) -> None:
@@ -249,7 +235,6 @@ class TestLifecycle:
         with pytest.raises(ClientClosedError):
             await handle.wait(timeout=1)
 
-    @pytest.mark.anyio
     async def test_reopening_a_closed_client_is_refused(
         self, transport: RecordingTransport
     ) -> None:
@@ -277,7 +262,6 @@ def assert_no_secret_or_phi(caplog: pytest.LogCaptureFixture) -> None:
 class TestLogging:
     """DEBUG logs carry method, path and status, never credentials or bodies."""
 
-    @pytest.mark.anyio
     async def test_debug_logs_of_accepted_requests_are_metadata_only(
         self, caplog: pytest.LogCaptureFixture, transport: RecordingTransport
     ) -> None:
@@ -295,7 +279,6 @@ class TestLogging:
         assert any("GET /v1/webhook-events -> 200" in line for line in lines)
         assert_no_secret_or_phi(caplog)
 
-    @pytest.mark.anyio
     async def test_debug_logs_of_refused_requests_are_metadata_only(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:

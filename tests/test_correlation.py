@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Future
-from contextlib import ExitStack
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from unittest import mock
 
 import anyio
 import pytest
@@ -30,7 +29,10 @@ from hypothesis.stateful import (
 
 from cobalt_async import JobTimeoutError, SinkUnavailableError
 from cobalt_async.models import JobEvent, TaskCreatedEvent, TaskFailedEvent, UnknownEvent
-from cobalt_async.sinks import InMemorySink, Outcome, Sink, StoreStats, _memory
+from cobalt_async.sinks import InMemorySink, Outcome, Sink, StoreStats
+from tests.support import fake_clock, until
+
+pytestmark = pytest.mark.anyio
 
 JOB = "777"
 
@@ -55,12 +57,6 @@ def failed(job_id: str = JOB) -> Any:
             "data": {"failure_reason": "rejected"},
         }
     )
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Yield to other tasks until *predicate* holds (bounded by the caller's fail_after)."""
-    while not predicate():
-        await anyio.lowlevel.checkpoint()
 
 
 class Waiters:
@@ -95,7 +91,6 @@ class Waiters:
 
 
 class TestSharedOutcome:
-    @pytest.mark.anyio
     async def test_several_waiters_of_one_job_share_one_outcome(self) -> None:
         """Five waiters, one slot, one outcome object for all."""
         sink = InMemorySink()
@@ -113,7 +108,6 @@ class TestSharedOutcome:
         assert outcomes[0] == Outcome(event, "webhook")
         assert sink.stats().pending == 0
 
-    @pytest.mark.anyio
     async def test_waiters_of_different_jobs_are_independent(self) -> None:
         """A publish for one job wakes only that job's waiters."""
         sink = InMemorySink()
@@ -133,7 +127,6 @@ class TestSharedOutcome:
 
 
 class TestCancellation:
-    @pytest.mark.anyio
     async def test_cancelling_one_waiter_never_disturbs_the_others(self) -> None:
         """One cancelled waiter detaches alone; the slot and the siblings stay."""
         sink = InMemorySink()
@@ -151,7 +144,6 @@ class TestCancellation:
         assert waiters.results[first] == waiters.results[third] == Outcome(event, "webhook")
         assert sink.stats().pending == 0
 
-    @pytest.mark.anyio
     async def test_cancelling_every_waiter_leaves_no_slot(self) -> None:
         """The last waiter to leave drops the slot."""
         sink = InMemorySink()
@@ -166,7 +158,6 @@ class TestCancellation:
                 assert sink.stats().pending == 0
         assert {waiters.results[index] for index in indexes} == {"cancelled"}
 
-    @pytest.mark.anyio
     async def test_outcome_published_after_a_cancel_is_kept_for_a_later_wait(self) -> None:
         """Detach is not cancel: the outcome is still there for whoever waits next."""
         sink = InMemorySink()
@@ -181,7 +172,6 @@ class TestCancellation:
 
 
 class TestTimeouts:
-    @pytest.mark.anyio
     async def test_timed_out_wait_raises_job_timeout_error(self) -> None:
         """The error is a TimeoutError naming the job and saying it is not a failure."""
         sink = InMemorySink()
@@ -194,7 +184,6 @@ class TestTimeouts:
         assert JOB in str(error)
         assert "timeout does not mean the job failed" in str(error).lower()
 
-    @pytest.mark.anyio
     async def test_timed_out_wait_leaves_no_slot(self) -> None:
         """A timeout releases the slot."""
         sink = InMemorySink()
@@ -202,7 +191,6 @@ class TestTimeouts:
             await sink.wait_for(JOB, timeout=0.05)
         assert sink.stats().pending == 0
 
-    @pytest.mark.anyio
     async def test_wait_after_a_timeout_gets_the_outcome_published_later(self) -> None:
         """A later wait still gets the outcome published after an earlier timeout."""
         sink = InMemorySink()
@@ -213,7 +201,6 @@ class TestTimeouts:
             await sink.publish(event)
             assert await sink.wait_for(JOB, timeout=0.05) == Outcome(event, "webhook")
 
-    @pytest.mark.anyio
     async def test_sibling_timeout_does_not_disturb_a_patient_waiter(self) -> None:
         """One waiter times out; the other, still registered, gets the outcome."""
         sink = InMemorySink()
@@ -230,7 +217,6 @@ class TestTimeouts:
         assert waiters.results[patient] == Outcome(event, "webhook")
         assert sink.stats().pending == 0
 
-    @pytest.mark.anyio
     async def test_zero_timeout_returns_a_stored_outcome(self) -> None:
         """``timeout=0`` is a peek: a stored outcome is returned, no error."""
         sink = InMemorySink()
@@ -238,7 +224,6 @@ class TestTimeouts:
         with anyio.fail_after(2):
             assert (await sink.wait_for(JOB, timeout=0)).event.type == "task.created"
 
-    @pytest.mark.anyio
     async def test_zero_timeout_without_outcome_raises(self) -> None:
         """``timeout=0`` with nothing stored times out at once and leaves no slot."""
         sink = InMemorySink()
@@ -250,7 +235,6 @@ class TestTimeouts:
 class TestSharedTimers:
     """An open sink serves every wait's timer from one task instead of a scope per wait."""
 
-    @pytest.mark.anyio
     async def test_open_sink_times_waits_out_with_its_shared_timer(self) -> None:
         """Timeouts of many waits fire from the shared timer, each for its own job."""
         errors: list[str] = []
@@ -270,7 +254,6 @@ class TestSharedTimers:
         assert sorted(f"job-{n}" for n in range(20)) == sorted(errors)
         assert 0 == sink.stats().pending
 
-    @pytest.mark.anyio
     async def test_shared_timer_still_lets_a_publish_wake_the_wait(self) -> None:
         """A wait sleeping on the shared timer is woken by its outcome at once."""
         async with InMemorySink() as sink:
@@ -285,7 +268,6 @@ class TestSharedTimers:
             assert isinstance(outcome, Outcome)
             assert JOB == outcome.event.job_id
 
-    @pytest.mark.anyio
     async def test_closing_the_sink_hands_timers_back_to_the_waits(self) -> None:
         """Waits sleeping on the shared timer when the sink closes still time out."""
         sink = InMemorySink()
@@ -301,7 +283,6 @@ class TestSharedTimers:
 
 
 class TestSlotHygiene:
-    @pytest.mark.anyio
     @pytest.mark.parametrize("ending", ["resolved", "timed_out", "cancelled"])
     async def test_no_slot_survives_the_end_of_a_wait(self, ending: str) -> None:
         """Resolved, timed out or cancelled: pending drops back to zero."""
@@ -321,8 +302,6 @@ class TestSlotHygiene:
         expected = {"resolved": Outcome, "timed_out": JobTimeoutError, "cancelled": str}[ending]
         assert isinstance(result, expected)
 
-
-    @pytest.mark.anyio
     async def test_a_sink_with_a_pending_registry_forgets_a_job_once_its_wait_ends(
         self,
     ) -> None:
@@ -398,8 +377,25 @@ class GatedSink(Sink):
         return StoreStats(buffered=len(self.store))
 
 
+@asynccontextmanager
+async def held_waiter(
+    sink: GatedSink, *, entered: anyio.Event | None = None
+) -> AsyncIterator[tuple[Waiters, int]]:
+    """
+    Start one waiter of JOB and yield it once it is held at a gate of *sink*.
+
+    *entered* says it is held: by default ``read_entered``, its store read began. All of it,
+    the test's body included, runs within two seconds.
+    """
+    with anyio.fail_after(2):
+        async with anyio.create_task_group() as tg:
+            waiters = Waiters(sink, tg)
+            index = waiters.start()
+            await (sink.read_entered if entered is None else entered).wait()
+            yield waiters, index
+
+
 class TestInterleavings:
-    @pytest.mark.anyio
     @pytest.mark.parametrize("fresh_reads", [False, True], ids=["stale-read", "fresh-read"])
     async def test_publish_between_register_and_read_return_is_not_lost(
         self, fresh_reads: bool
@@ -407,90 +403,66 @@ class TestInterleavings:
         """Registered, store read in flight, publish, read returns: the waiter resolves."""
         sink = GatedSink(fresh_reads=fresh_reads)
         event = created()
-        with anyio.fail_after(2):
-            async with anyio.create_task_group() as tg:
-                waiters = Waiters(sink, tg)
-                index = waiters.start()
-                await sink.read_entered.wait()
-                assert sink.stats().pending == 1
-                assert await sink.publish(event) == "accepted"
-                sink.read_gate.set()
-                await waiters.finished(index)
+        async with held_waiter(sink) as (waiters, index):
+            assert sink.stats().pending == 1
+            assert await sink.publish(event) == "accepted"
+            sink.read_gate.set()
+            await waiters.finished(index)
         assert waiters.results[index] == Outcome(event, "webhook")
         assert sink.stats().pending == 0
 
-    @pytest.mark.anyio
     async def test_publish_before_register_is_found_by_the_read(self) -> None:
         """Early arrival: stored before the slot exists, found by the gated read."""
         sink = GatedSink()
         event = created()
         await sink.publish(event)
-        with anyio.fail_after(2):
-            async with anyio.create_task_group() as tg:
-                waiters = Waiters(sink, tg)
-                index = waiters.start()
-                await sink.read_entered.wait()
-                sink.read_gate.set()
-                await waiters.finished(index)
+        async with held_waiter(sink) as (waiters, index):
+            sink.read_gate.set()
+            await waiters.finished(index)
         assert waiters.results[index] == Outcome(event, "webhook")
 
-    @pytest.mark.anyio
     async def test_publish_while_the_wakeup_channel_arms_is_found_by_the_read(self) -> None:
         """A publish before registration (the waiter still arming) is read from the store."""
         sink = GatedSink(gate_arming=True, fresh_reads=True)
         sink.read_gate.set()
         event = created()
-        with anyio.fail_after(2):
-            async with anyio.create_task_group() as tg:
-                waiters = Waiters(sink, tg)
-                index = waiters.start()
-                await sink.arm_entered.wait()
-                assert sink.stats().pending == 0
-                await sink.publish(event)
-                assert sink.arm_gate is not None
-                sink.arm_gate.set()
-                await waiters.finished(index)
+        async with held_waiter(sink, entered=sink.arm_entered) as (waiters, index):
+            assert sink.stats().pending == 0
+            await sink.publish(event)
+            assert sink.arm_gate is not None
+            sink.arm_gate.set()
+            await waiters.finished(index)
         assert waiters.results[index] == Outcome(event, "webhook")
         assert sink.reads == 1
 
-    @pytest.mark.anyio
     async def test_second_waiter_joining_during_a_read_shares_the_outcome(self) -> None:
         """A waiter joining while the first one's read is in flight resolves with it."""
         sink = GatedSink()
         event = created()
-        with anyio.fail_after(2):
-            async with anyio.create_task_group() as tg:
-                waiters = Waiters(sink, tg)
-                first = waiters.start()
-                await sink.read_entered.wait()
-                second = waiters.start()
-                await until(lambda: sink.reads == 2)
-                assert sink.stats().pending == 1
-                await sink.publish(event)
-                sink.read_gate.set()
-                await waiters.finished(first, second)
+        async with held_waiter(sink) as (waiters, first):
+            second = waiters.start()
+            await until(lambda: sink.reads == 2)
+            assert sink.stats().pending == 1
+            await sink.publish(event)
+            sink.read_gate.set()
+            await waiters.finished(first, second)
         assert waiters.results[first] is waiters.results[second]
         assert waiters.results[first] == Outcome(event, "webhook")
 
-    @pytest.mark.anyio
     async def test_waiter_cancelled_during_its_read_leaves_no_slot(self) -> None:
         """Cancelled mid-read: the slot goes, and the outcome waits for the next wait."""
         sink = GatedSink(fresh_reads=True)
         event = created()
+        async with held_waiter(sink) as (waiters, index):
+            waiters.scopes[index].cancel()
+            await waiters.finished(index)
+        assert waiters.results[index] == "cancelled"
+        assert sink.stats().pending == 0
         with anyio.fail_after(2):
-            async with anyio.create_task_group() as tg:
-                waiters = Waiters(sink, tg)
-                index = waiters.start()
-                await sink.read_entered.wait()
-                waiters.scopes[index].cancel()
-                await waiters.finished(index)
-            assert waiters.results[index] == "cancelled"
-            assert sink.stats().pending == 0
             assert await sink.publish(event) == "accepted"
             sink.read_gate.set()
             assert await sink.wait_for(JOB, timeout=1) == Outcome(event, "webhook")
 
-    @pytest.mark.anyio
     async def test_failed_store_read_still_lets_a_publish_wake_the_waiter(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
@@ -498,11 +470,8 @@ class TestInterleavings:
         sink = GatedSink()
         sink.fail_reads = True
         event = created()
-        with anyio.fail_after(2), caplog.at_level(logging.WARNING):
-            async with anyio.create_task_group() as tg:
-                waiters = Waiters(sink, tg)
-                index = waiters.start()
-                await sink.read_entered.wait()
+        with caplog.at_level(logging.WARNING):
+            async with held_waiter(sink) as (waiters, index):
                 sink.read_gate.set()
                 await until(lambda: any("store read" in r.getMessage() for r in caplog.records))
                 assert index not in waiters.results
@@ -510,7 +479,6 @@ class TestInterleavings:
                 await waiters.finished(index)
         assert waiters.results[index] == Outcome(event, "webhook")
 
-    @pytest.mark.anyio
     async def test_timeout_holds_while_the_store_read_hangs(self) -> None:
         """A store read that never returns does not stretch the wait past its timeout."""
         sink = GatedSink()
@@ -519,20 +487,15 @@ class TestInterleavings:
         assert sink.read_entered.is_set()
         assert sink.stats().pending == 0
 
-    @pytest.mark.anyio
     async def test_conflict_during_a_read_still_gives_every_waiter_the_first(self) -> None:
         """Publish, conflicting publish, then the stale read returns: the first wins."""
         sink = GatedSink()
         first = created()
-        with anyio.fail_after(2):
-            async with anyio.create_task_group() as tg:
-                waiters = Waiters(sink, tg)
-                index = waiters.start()
-                await sink.read_entered.wait()
-                await sink.publish(first)
-                assert await sink.publish(failed()) == "conflict"
-                sink.read_gate.set()
-                await waiters.finished(index)
+        async with held_waiter(sink) as (waiters, index):
+            await sink.publish(first)
+            assert await sink.publish(failed()) == "conflict"
+            sink.read_gate.set()
+            await waiters.finished(index)
         assert waiters.results[index] == Outcome(first, "webhook")
         assert sink.stats().conflicts == 1
 
@@ -545,16 +508,6 @@ DEDUP_TTL = 5.0
 MAX_OUTCOMES = 2
 MAX_DEDUP_IDS = 2
 MAX_WAITERS = 6
-
-
-class FakeClock:
-    """Stands in for the ``time`` module of ``cobalt_async.sinks._memory``."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
 
 
 class InstrumentedSink(InMemorySink):
@@ -596,8 +549,7 @@ class CorrelationMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.stack = ExitStack()
-        self.clock = FakeClock()
-        self.stack.enter_context(mock.patch.object(_memory, "time", self.clock))
+        self.clock = self.stack.enter_context(fake_clock())
         self.portal: BlockingPortal = self.stack.enter_context(start_blocking_portal(self.backend))
         self.sink: InstrumentedSink = self.portal.call(self._make_sink)
         self.waiters: list[MachineWaiter] = []
@@ -755,7 +707,7 @@ class CorrelationMachine(RuleBasedStateMachine):
 
     @rule(seconds=st.sampled_from([1.0, 4.0, 6.0, 11.0]))
     def let_time_pass(self, seconds: float) -> None:
-        self.clock.now += seconds
+        self.clock.advance(seconds)
         self._purge()
 
     # Invariants, checked after every step.

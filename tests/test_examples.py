@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import free_port, server
+from tests.support import free_port, server
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TIMEOUT = 60.0

@@ -23,6 +23,7 @@ PUBLIC_SUBMODULES = [
 OPTIONAL_EXPORTS = {"cobalt_async.sinks": {"RedisSink": "redis"}}
 """Names that need an extra: importing them without it must fail with an install hint."""
 
+
 def export_order(name: str) -> tuple[bool, str]:
     """The package's order: SCREAMING_CASE constants first, then sorted() order."""
     return (not name.isupper(), name)

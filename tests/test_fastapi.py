@@ -34,9 +34,8 @@ from cobalt_async.fastapi import (
     get_client,
     webhook_router,
 )
-from cobalt_async.sinks import _memory
 from cobalt_async.testing import FakeCobalt, make_task_created_event, signed_delivery
-from tests.test_asgi import (
+from tests.support import (
     CHUNK,
     DELIVERY_CASES,
     LIMIT,
@@ -44,14 +43,15 @@ from tests.test_asgi import (
     Case,
     Driver,
     EndlessBody,
-    FailingSink,
-    SlowSink,
+    FakeClock,
+    HangingSink,
+    UnavailableSink,
     check_case,
     http_scope,
     request_messages,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("clean_environment")]
 
 ROOT = Path(__file__).resolve().parent.parent
 CREDENTIALS = {"client_id": "ci_test", "client_secret": "cs_test", "access_token": "at_test"}
@@ -62,13 +62,6 @@ ENV = {
     "COBALT_WEBHOOK_SECRET": SECRET,
 }
 WEBHOOK_PATH = "/webhooks/cobalt"
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Configuration comes from each test, never from the machine."""
-    for name in [*ENV, "COBALT_BASE_URL", "REDIS_URL", "WEB_CONCURRENCY"]:
-        monkeypatch.delenv(name, raising=False)
 
 
 def make_app(*, router: bool = True, **config: Any) -> FastAPI:
@@ -126,7 +119,7 @@ async def test_early_arrival_resolves_a_handle_attached_later() -> None:
     assert ("emr-7", "webhook") == (result.data.emr_task_id, handle.resolved_via)
 
 
-@pytest.mark.parametrize("sink_class", [FailingSink, SlowSink])
+@pytest.mark.parametrize("sink_class", [UnavailableSink, HangingSink])
 async def test_sink_that_cannot_store_answers_503_in_time(sink_class: type[InMemorySink]) -> None:
     """A sink outage or hang is a 503 within the receiver's 1.5 s, so Cobalt's retry lands."""
     app = make_app(sink=sink_class(), webhook_secrets=[SECRET])
@@ -400,21 +393,10 @@ def test_all_is_sorted() -> None:
 # -- deployment: the multi-worker warning -------------------------------------------------------
 
 
-class _Clock:
-    """Stands in for the ``time`` module of ``cobalt_async.sinks._memory``."""
-
-    now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-
 async def test_unclaimed_outcomes_warn_about_several_workers(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture, clock: FakeClock
 ) -> None:
     """Outcomes no wait of this process claimed point at a multi-worker app on InMemorySink."""
-    clock = _Clock()
-    monkeypatch.setattr(_memory, "time", clock)
     sink = InMemorySink(outcome_ttl=60.0)
     app = make_app(sink=sink, webhook_secrets=[SECRET])
 
@@ -422,7 +404,7 @@ async def test_unclaimed_outcomes_warn_about_several_workers(
         async with serve(app) as http:
             # As if another worker had submitted job 1: its webhook landed here.
             await poster(http)(*signed_delivery(make_task_created_event(job_id=1), SECRET))
-            clock.now += 61.0  # job 1's outcome expires, never awaited
+            clock.advance(61.0)  # job 1's outcome expires, never awaited
             await poster(http)(*signed_delivery(make_task_created_event(job_id=2), SECRET))
 
     warnings = [record.getMessage() for record in caplog.records]

@@ -26,6 +26,8 @@ from cobalt_async import (
 )
 from cobalt_async._http import MAX_RETRY_AFTER, RetryPolicy
 
+pytestmark = pytest.mark.anyio
+
 BASE_URL = "https://cobalt.test/v1"
 CLIENT_ID = "ci_live_1d3nt1ty_V4LUE"
 CLIENT_SECRET = "cs_live_s3cr3t_V4LUE"
@@ -92,7 +94,6 @@ def assert_no_credentials(*texts: str) -> None:
 class TestRequestShape:
     """What a create POST looks like on the wire."""
 
-    @pytest.mark.anyio
     async def test_post_sends_the_three_auth_headers_verbatim(
         self, api: respx.MockRouter, client: CobaltClient
     ) -> None:
@@ -111,7 +112,6 @@ class TestRequestShape:
         lowered = {name.lower() for name in raw_names}
         assert not lowered & {b"client-id", b"client-secret", b"access-token", b"authorization"}
 
-    @pytest.mark.anyio
     async def test_post_body_is_compact_json_without_unset_fields(
         self, api: respx.MockRouter, client: CobaltClient
     ) -> None:
@@ -126,7 +126,6 @@ class TestRequestShape:
         assert "POST" == request.method
         assert "https://cobalt.test/v1/tasks" == str(request.url)
 
-    @pytest.mark.anyio
     async def test_note_post_goes_to_tasks_notes(
         self, api: respx.MockRouter, client: CobaltClient
     ) -> None:
@@ -142,7 +141,6 @@ class TestRequestShape:
         )
         assert "777" == handle.job_id
 
-    @pytest.mark.anyio
     async def test_get_sends_auth_headers_and_job_id_filter(
         self, api: respx.MockRouter, client: CobaltClient
     ) -> None:
@@ -160,7 +158,6 @@ class TestRequestShape:
 class TestErrorMapping:
     """Cobalt's {success: false, message} envelope becomes a typed error."""
 
-    @pytest.mark.anyio
     async def test_missing_field_400_is_bad_request_naming_the_field(
         self, api: respx.MockRouter, client: CobaltClient
     ) -> None:
@@ -178,7 +175,6 @@ class TestErrorMapping:
         assert ("POST", "/v1/tasks") == (error.method, error.path)
         assert not error.outcome_unknown
 
-    @pytest.mark.anyio
     async def test_unexpected_fields_400_lists_every_field(
         self, api: respx.MockRouter, client: CobaltClient
     ) -> None:
@@ -194,7 +190,6 @@ class TestErrorMapping:
         assert "a" == info.value.field
         assert "/v1/tasks/notes" == info.value.path
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize(
         "message",
         ["User not found.", "Invalid dob format: use YYYY-MM-DD", "Patient not found: MRN-1"],
@@ -212,7 +207,6 @@ class TestErrorMapping:
         assert None is info.value.field
         assert message == info.value.message
 
-    @pytest.mark.anyio
     async def test_login_required_403(self, api: respx.MockRouter, client: CobaltClient) -> None:
         """403 login_required is LoginRequiredError with Cobalt's error code and message."""
         api.post("/tasks").respond(
@@ -231,7 +225,6 @@ class TestErrorMapping:
         assert info.value.message.startswith("Account link expired.")
         assert "Cobalt Link" in info.value.message
 
-    @pytest.mark.anyio
     async def test_not_found_404(self, api: respx.MockRouter, client: CobaltClient) -> None:
         """404 is NotFoundError."""
         api.post("/tasks").respond(404, json=envelope("Patient not found."))
@@ -241,7 +234,6 @@ class TestErrorMapping:
 
         assert (404, "Patient not found.") == (info.value.status_code, info.value.message)
 
-    @pytest.mark.anyio
     async def test_rate_limit_429_reads_retry_after_seconds(
         self, api: respx.MockRouter, client: CobaltClient
     ) -> None:
@@ -257,7 +249,6 @@ class TestErrorMapping:
         assert not info.value.outcome_unknown
         assert 1 == route.call_count
 
-    @pytest.mark.anyio
     async def test_rate_limit_429_reads_retry_after_http_date(
         self, api: respx.MockRouter, client: CobaltClient
     ) -> None:
@@ -273,7 +264,6 @@ class TestErrorMapping:
         assert info.value.retry_after is not None
         assert 25 <= info.value.retry_after <= 31
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize(
         ("header", "expected"),
         [("Wed, 21 Oct 2015 07:28:00 GMT", 0.0), ("-3", 0.0), ("soon", None)],
@@ -290,7 +280,6 @@ class TestErrorMapping:
 
         assert expected == info.value.retry_after
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize("status", [500, 502, 503, 504])
     async def test_server_error_on_create_has_unknown_outcome(
         self, api: respx.MockRouter, client: CobaltClient, status: int
@@ -305,7 +294,6 @@ class TestErrorMapping:
         assert info.value.outcome_unknown
         assert "Internal error" == info.value.message
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize(
         ("status", "body"),
         [
@@ -332,7 +320,6 @@ class TestErrorMapping:
         assert ("POST", "/v1/tasks") == (error.method, error.path)
         assert isinstance(error, ServerError if status >= 500 else BadRequestError)
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize("status", [401, 409, 418, 422])
     async def test_other_statuses_are_api_status_errors(
         self, api: respx.MockRouter, client: CobaltClient, status: int
@@ -347,7 +334,6 @@ class TestErrorMapping:
         assert status == info.value.status_code
         assert not info.value.outcome_unknown
 
-    @pytest.mark.anyio
     async def test_success_without_job_id_is_an_unknown_outcome(
         self, api: respx.MockRouter, client: CobaltClient
     ) -> None:
@@ -377,7 +363,6 @@ UNSENT_OR_UNKNOWN = [
 class TestCreateIsNeverResentBlindly:
     """A create POST that may have reached Cobalt is sent once and reported as unknown."""
 
-    @pytest.mark.anyio
     async def test_500_on_create_is_sent_exactly_once(
         self, api: respx.MockRouter, client: CobaltClient, delays: list[float]
     ) -> None:
@@ -392,7 +377,6 @@ class TestCreateIsNeverResentBlindly:
         assert info.value.outcome_unknown
         assert "do not resubmit blindly" in str(info.value)
 
-    @pytest.mark.anyio
     async def test_accepted_answer_without_a_job_id_is_an_unknown_outcome(
         self, api: respx.MockRouter, client: CobaltClient
     ) -> None:
@@ -410,7 +394,6 @@ class TestCreateIsNeverResentBlindly:
             info.value.status_code,
         )
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize(("exc", "error_type"), UNSENT_OR_UNKNOWN)
     async def test_transport_failure_after_sending_is_not_retried(
         self,
@@ -435,7 +418,6 @@ class TestCreateIsNeverResentBlindly:
         assert "do not resubmit blindly" in str(error)
         assert exc is error.__cause__
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize(
         "exc",
         [httpx.ConnectError("connection refused"), httpx.ConnectTimeout("connect timed out")],
@@ -457,7 +439,6 @@ class TestCreateIsNeverResentBlindly:
         assert 1 == len(delays)
         assert "12345" == handle.job_id
 
-    @pytest.mark.anyio
     async def test_connect_failures_exhaust_retries_with_a_known_outcome(
         self, api: respx.MockRouter, client: CobaltClient, delays: list[float]
     ) -> None:
@@ -472,7 +453,6 @@ class TestCreateIsNeverResentBlindly:
         assert not info.value.outcome_unknown
         assert "resubmit" not in str(info.value)
 
-    @pytest.mark.anyio
     async def test_4xx_on_create_is_not_retried(
         self, api: respx.MockRouter, client: CobaltClient, delays: list[float]
     ) -> None:
@@ -489,7 +469,6 @@ class TestCreateIsNeverResentBlindly:
 class TestGetIsRetried:
     """GET /v1/webhook-events is idempotent: transient failures are retried."""
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize(
         "first",
         [
@@ -515,7 +494,6 @@ class TestGetIsRetried:
         assert ["task.created"] == [event.type for event in page.events]
         assert 1 == len(delays)
 
-    @pytest.mark.anyio
     async def test_retry_after_is_honoured_and_capped(
         self, api: respx.MockRouter, client: CobaltClient, delays: list[float]
     ) -> None:
@@ -532,7 +510,6 @@ class TestGetIsRetried:
 
         assert [2.0, MAX_RETRY_AFTER] == delays
 
-    @pytest.mark.anyio
     async def test_get_gives_up_after_max_retries(
         self, api: respx.MockRouter, client: CobaltClient, delays: list[float]
     ) -> None:
@@ -546,7 +523,6 @@ class TestGetIsRetried:
         assert not info.value.outcome_unknown
         assert "/v1/webhook-events" == info.value.path
 
-    @pytest.mark.anyio
     async def test_unreadable_listing_names_the_full_path(
         self, api: respx.MockRouter, client: CobaltClient
     ) -> None:
@@ -563,7 +539,6 @@ class TestGetIsRetried:
         )
         assert not info.value.outcome_unknown
 
-    @pytest.mark.anyio
     async def test_get_4xx_is_not_retried(
         self, api: respx.MockRouter, client: CobaltClient, delays: list[float]
     ) -> None:
@@ -601,7 +576,6 @@ ERROR_SCENARIOS = [
 class TestNoCredentialLeaks:
     """Error messages and reprs never contain the credential values."""
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize("answer", ERROR_SCENARIOS)
     async def test_errors_hold_no_credentials(
         self, api: respx.MockRouter, client: CobaltClient, answer: Any
@@ -614,7 +588,6 @@ class TestNoCredentialLeaks:
 
         assert_no_credentials(str(info.value), repr(info.value), repr(info.value.args))
 
-    @pytest.mark.anyio
     async def test_connect_failure_error_holds_no_credentials(
         self, api: respx.MockRouter, client: CobaltClient, delays: list[float]
     ) -> None:

@@ -30,6 +30,8 @@ from cobalt_async.models import (
     parse_event,
 )
 
+pytestmark = pytest.mark.anyio
+
 
 def envelope(kind: str, data: dict[str, Any], *, job_id: Any = "12345") -> dict[str, Any]:
     return {
@@ -445,7 +447,6 @@ class TestRequestValidation:
         ) as client:
             yield client
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize(("fields", "field", "message"), TASK_REFUSALS)
     async def test_bad_task_request_is_refused_before_sending(
         self,
@@ -466,7 +467,6 @@ class TestRequestValidation:
         assert isinstance(info.value, CobaltError)
         assert [] == sent
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize(("fields", "field", "message"), NOTE_REFUSALS)
     async def test_bad_note_request_is_refused_before_sending(
         self,
@@ -486,7 +486,6 @@ class TestRequestValidation:
         assert isinstance(info.value, CobaltError)
         assert [] == sent
 
-    @pytest.mark.anyio
     async def test_unexpected_field_message_lists_what_is_allowed(
         self, client: CobaltClient
     ) -> None:
@@ -498,7 +497,6 @@ class TestRequestValidation:
         assert "emr_task_id" in str(info.value)
         assert "note" in str(info.value)
 
-    @pytest.mark.anyio
     async def test_valid_task_request_is_sent_once_without_unset_fields(
         self, client: CobaltClient, sent: list[httpx.Request]
     ) -> None:
@@ -510,7 +508,6 @@ class TestRequestValidation:
         assert "12345" == handle.job_id
         assert "t_1" == handle.task_id
 
-    @pytest.mark.anyio
     async def test_valid_note_request_is_sent_once(
         self, client: CobaltClient, sent: list[httpx.Request]
     ) -> None:

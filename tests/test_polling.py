@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import pytest
@@ -20,7 +21,7 @@ from cobalt_async import (
     WebhookReceiver,
 )
 from cobalt_async.sinks import Outcome
-from tests.test_handles import (
+from tests.support import (
     JOB,
     QUIET,
     SECRET,
@@ -28,15 +29,47 @@ from tests.test_handles import (
     create_task,
     deliver,
     make_client,
-    new_record,
-    old_record,
     task_created_payload,
     task_failed_payload,
     until,
 )
 
+pytestmark = pytest.mark.anyio
+
 FAST = PollPolicy(interval=0.02, max_interval=0.08, backoff=2.0)
 """Polling without a sink, scaled down: 0.02, 0.04, 0.08, 0.08, ... seconds apart."""
+
+
+def new_record(payload: dict[str, Any]) -> dict[str, Any]:
+    """A ``GET /v1/webhook-events`` item in the newer shape."""
+    return {
+        "event_id": payload["id"],
+        "event_type": payload["type"],
+        "webhook_url": "https://example.test/webhooks/cobalt",
+        "delivery_status": "failed",
+        "data": payload["data"],
+        "created_at": "2026-01-01T00:00:00Z",
+        "job_id": payload["job_id"],
+        "access_token_reference_id": "atr_test",
+    }
+
+
+def old_record(payload: dict[str, Any]) -> dict[str, Any]:
+    """A ``GET /v1/webhook-events`` item in the older shape."""
+    return {
+        "id": payload["id"],
+        "access_token_reference_id": "atr_test",
+        "object": "event",
+        "created": "2026-01-01T00:00:00.000Z",
+        "type": payload["type"],
+        "job_id": payload["job_id"],
+        "status": "failed",
+        "delivered": False,
+        "delivery_attempts": 2,
+        "last_delivery_attempt": "2026-01-01T00:00:03.000Z",
+        "response_status_code": 503,
+        "data": payload["data"],
+    }
 
 
 class CountingSink(InMemorySink):
@@ -120,7 +153,6 @@ class TestPollPolicy:
 
 
 class TestPollingWithoutSink:
-    @pytest.mark.anyio
     async def test_handle_resolves_by_polling_its_job_id(self) -> None:
         """No sink: GET /v1/webhook-events?job_id= until the outcome shows up."""
         stub = StubCobalt()
@@ -137,7 +169,6 @@ class TestPollingWithoutSink:
         assert client.sink.stats().backstop_polls == 3
         assert client.sink.stats().pending == 0
 
-    @pytest.mark.anyio
     async def test_polls_back_off_up_to_max_interval(self) -> None:
         """Pauses grow by backoff (0.02, 0.04, 0.08) and then stay at max_interval."""
         stub = StubCobalt()
@@ -156,7 +187,6 @@ class TestPollingWithoutSink:
         assert measured[2] > 1.5 * measured[0]
         assert max(measured) < 0.3, "backed off past max_interval (uncapped: 0.32, 0.64)"
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize("shape", [new_record, old_record], ids=["new-shape", "old-shape"])
     async def test_both_record_shapes_resolve_the_handle(self, shape: object) -> None:
         """Newer (event_id, event_type, created_at) and older (id, type, created) records."""
@@ -171,7 +201,6 @@ class TestPollingWithoutSink:
         assert (event.id, event.job_id) == (payload["id"], JOB)
         assert event.data.emr_task_id == "emr-shape"
 
-    @pytest.mark.anyio
     async def test_failure_found_by_polling_raises_job_failed_error(self) -> None:
         """A polled task.failed record raises JobFailedError with its reasons."""
         stub = StubCobalt()
@@ -184,7 +213,6 @@ class TestPollingWithoutSink:
         assert len(caught.value.reasons) == 2
         assert handle.resolved_via == "poll"
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize(
         "fault", ["fail_polls", "garbage_polls"], ids=["answered-500", "unreadable-200"]
     )
@@ -203,7 +231,6 @@ class TestPollingWithoutSink:
         assert len(stub.polls) == 2
         assert any("backstop poll" in record.getMessage() for record in caplog.records)
 
-    @pytest.mark.anyio
     async def test_other_jobs_events_never_resolve_the_wrong_job(self) -> None:
         """An older API ignoring the job_id filter returns other jobs' outcomes: skipped."""
         stub = StubCobalt()
@@ -223,7 +250,6 @@ class TestPollingWithoutSink:
             event = await handle
         assert event.job_id == JOB
 
-    @pytest.mark.anyio
     async def test_closed_client_without_sink_refuses_to_wait(self) -> None:
         """Nothing can resolve a job once the only way, polling, is closed."""
         stub = StubCobalt()
@@ -234,7 +260,6 @@ class TestPollingWithoutSink:
 
 
 class TestBackstopWithSink:
-    @pytest.mark.anyio
     async def test_webhook_within_the_silence_means_no_poll(self) -> None:
         """The webhook came: no poll at all."""
         stub, sink = StubCobalt(), InMemorySink()
@@ -250,7 +275,6 @@ class TestBackstopWithSink:
         assert stub.polls == []
         assert sink.stats().backstop_polls == 0
 
-    @pytest.mark.anyio
     async def test_backstop_poll_after_the_silence_resolves_the_handle(self) -> None:
         """No webhook: one poll, not before `silence`, and it resolves with via="poll"."""
         stub, sink = StubCobalt(), InMemorySink()
@@ -268,7 +292,6 @@ class TestBackstopWithSink:
         assert stub.polls[0].url.params["job_id"] == JOB
         assert sink.stats().backstop_polls == 1
 
-    @pytest.mark.anyio
     async def test_polled_outcome_is_published_to_the_sink(self) -> None:
         """The polled event goes through the sink: stored, and a late webhook is a duplicate."""
         stub, sink = StubCobalt(), InMemorySink()
@@ -284,7 +307,6 @@ class TestBackstopWithSink:
         assert stored[JOB].via == "poll"
         assert sink.stats().duplicates == 1
 
-    @pytest.mark.anyio
     async def test_polled_outcome_loses_to_the_stored_first_one(self) -> None:
         """A poll that finds a different event than the store kept gives the stored one."""
 
@@ -304,7 +326,6 @@ class TestBackstopWithSink:
         assert 1 == sink.stats().conflicts
         assert [JOB] == [poll.url.params["job_id"] for poll in stub.polls]
 
-    @pytest.mark.anyio
     async def test_waiters_of_one_job_share_its_backstop_poll(self) -> None:
         """Two handles of one job: one poll per period, not one per waiter."""
         stub, sink = StubCobalt(), InMemorySink()
@@ -321,7 +342,6 @@ class TestBackstopWithSink:
         assert other.done()
         assert len(stub.polls) == 1
 
-    @pytest.mark.anyio
     async def test_waiter_cancelled_mid_poll_leaves_the_polling_to_its_sibling(self) -> None:
         """The poller is cancelled while its poll hangs: the other waiter polls next."""
         stub, sink = StubCobalt(), CountingSink()
@@ -351,7 +371,6 @@ class TestBackstopWithSink:
         assert len(stub.polls) == 2
         assert sink.stats().pending == 0
 
-    @pytest.mark.anyio
     async def test_exactly_one_final_poll_is_made_before_the_timeout(self) -> None:
         """Silence longer than the timeout: the only poll is the last look at the deadline."""
         stub, sink = StubCobalt(), InMemorySink()
@@ -366,7 +385,6 @@ class TestBackstopWithSink:
         assert sink.stats().backstop_polls == 1
         assert sink.stats().pending == 0
 
-    @pytest.mark.anyio
     async def test_final_poll_that_finds_the_outcome_returns_it(self) -> None:
         """The last look before giving up resolves the handle instead of timing out."""
         stub, sink = StubCobalt(), InMemorySink()
@@ -379,7 +397,6 @@ class TestBackstopWithSink:
         assert handle.resolved_via == "poll"
         assert len(stub.polls) == 1
 
-    @pytest.mark.anyio
     async def test_failing_final_poll_still_raises_job_timeout_error(self) -> None:
         """A 500 on the last look is not the error the caller gets: it is the timeout."""
         stub, sink = StubCobalt(), InMemorySink()
@@ -390,7 +407,6 @@ class TestBackstopWithSink:
                 await handle.wait(timeout=0.05)
         assert len(stub.polls) == 1
 
-    @pytest.mark.anyio
     async def test_backstop_polls_back_off_until_the_webhook_comes(self) -> None:
         """Each silent period is longer, up to max_silence; the webhook then ends it."""
         stub, sink = StubCobalt(), InMemorySink()

@@ -13,6 +13,8 @@ import pytest
 from cobalt_async._servers import serve
 from cobalt_async.testing import FakeCobalt
 
+pytestmark = pytest.mark.anyio
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 TIMEOUT = 60.0
@@ -39,7 +41,6 @@ def test_the_readme_example_is_a_complete_program() -> None:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # uvicorn runs on asyncio only
-@pytest.mark.anyio
 async def test_the_readme_example_writes_a_note_against_a_served_fake_cobalt(
     tmp_path: Path,
 ) -> None:

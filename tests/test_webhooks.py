@@ -15,7 +15,6 @@ from cobalt_async import (
     ConfigurationError,
     Event,
     InMemorySink,
-    SinkUnavailableError,
     TaskCreatedEvent,
     UnknownEvent,
     WebhookReceiver,
@@ -23,7 +22,9 @@ from cobalt_async import (
     sign_webhook,
     verify_webhook,
 )
-from cobalt_async.sinks import PublishResult
+from tests.support import HangingSink, UnavailableSink
+
+pytestmark = pytest.mark.anyio
 
 SECRET = "whsec_current_5ecret_value"
 OLD_SECRET = "whsec_previous_5ecret_value"
@@ -114,37 +115,6 @@ class Recorder:
         self.events.append(event)
 
 
-class UnavailableSink(InMemorySink):
-    """A sink whose store is down, as RedisSink is when Redis is unreachable."""
-
-    async def publish(
-        self, event: Event, *, delivery_id: str | None = None, via: str = "webhook"
-    ) -> PublishResult:
-        raise SinkUnavailableError("connection refused by the store")
-
-
-class HangingSink(InMemorySink):
-    """A sink whose store never answers."""
-
-    stores_in_process = False  # it waits on a (never-answering) store, as RedisSink does
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entered = anyio.Event()
-
-    async def publish(
-        self, event: Event, *, delivery_id: str | None = None, via: str = "webhook"
-    ) -> PublishResult:
-        self.entered.set()
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
-
-
-@pytest.fixture
-def sink() -> InMemorySink:
-    return InMemorySink()
-
-
 @pytest.fixture
 def hook() -> Recorder:
     return Recorder()
@@ -163,7 +133,6 @@ async def stored(sink: InMemorySink, job_id: str) -> Event | None:
 class TestAccepted:
     """Row 1: a valid, new, terminal event with a job_id is stored, wakes its waiter, 200."""
 
-    @pytest.mark.anyio
     async def test_valid_terminal_event_is_stored_and_answered_200(
         self, receiver: WebhookReceiver, sink: InMemorySink
     ) -> None:
@@ -177,7 +146,6 @@ class TestAccepted:
         assert isinstance(event, TaskCreatedEvent)
         assert "emr_1" == event.data.emr_task_id
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize("level", [logging.DEBUG, logging.INFO])
     async def test_a_stored_delivery_is_logged_at_debug_level_only(
         self, receiver: WebhookReceiver, level: int, caplog: pytest.LogCaptureFixture
@@ -190,7 +158,6 @@ class TestAccepted:
         line = "webhook task.created for job job-1: accepted"
         assert ([line] if level == logging.DEBUG else []) == caplog.messages
 
-    @pytest.mark.anyio
     async def test_delivery_wakes_a_waiter_that_is_already_waiting(
         self, receiver: WebhookReceiver, sink: InMemorySink
     ) -> None:
@@ -212,7 +179,6 @@ class TestAccepted:
         assert ["task.created"] == [event.type for event in results]
         assert 0 == sink.stats().pending
 
-    @pytest.mark.anyio
     async def test_on_event_hook_sees_each_accepted_event_once(
         self, receiver: WebhookReceiver, hook: Recorder
     ) -> None:
@@ -221,7 +187,6 @@ class TestAccepted:
 
         assert ["job-1"] == [event.job_id for event in hook.events]
 
-    @pytest.mark.anyio
     async def test_async_on_event_hook_is_awaited(self, sink: InMemorySink) -> None:
         """An async hook is awaited before receive() returns."""
         seen = anyio.Event()
@@ -235,7 +200,6 @@ class TestAccepted:
 
         assert seen.is_set()
 
-    @pytest.mark.anyio
     async def test_dispatch_false_defers_the_hook(
         self, receiver: WebhookReceiver, hook: Recorder
     ) -> None:
@@ -246,7 +210,6 @@ class TestAccepted:
         await receiver.dispatch(receipt)
         assert 1 == len(hook.events)
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize("body_type", [bytearray, memoryview])
     async def test_bytes_like_bodies_are_accepted(
         self, receiver: WebhookReceiver, body_type: type[Any]
@@ -262,7 +225,6 @@ class TestAccepted:
 class TestDuplicates:
     """Row 2: a duplicate delivery or terminal event is answered 200, counted, never re-run."""
 
-    @pytest.mark.anyio
     async def test_redelivery_is_200_counted_and_resolves_nothing_twice(
         self, receiver: WebhookReceiver, sink: InMemorySink, hook: Recorder
     ) -> None:
@@ -278,7 +240,6 @@ class TestDuplicates:
         assert 1 == len(hook.events)
         assert 1 == sink.stats().buffered
 
-    @pytest.mark.anyio
     async def test_same_terminal_event_under_a_new_id_is_a_duplicate(
         self, receiver: WebhookReceiver, sink: InMemorySink, hook: Recorder
     ) -> None:
@@ -292,7 +253,6 @@ class TestDuplicates:
         assert (1, 0) == (sink.stats().duplicates, sink.stats().conflicts)
         assert 1 == len(hook.events)
 
-    @pytest.mark.anyio
     async def test_redelivered_event_without_job_id_is_a_duplicate(
         self, receiver: WebhookReceiver, sink: InMemorySink, hook: Recorder
     ) -> None:
@@ -306,7 +266,6 @@ class TestDuplicates:
         assert 1 == sink.stats().duplicates
         assert 1 == len(hook.events)
 
-    @pytest.mark.anyio
     async def test_conflicting_second_terminal_event_is_200_and_first_is_kept(
         self, receiver: WebhookReceiver, sink: InMemorySink, hook: Recorder
     ) -> None:
@@ -325,7 +284,6 @@ class TestDuplicates:
 class TestEarlyArrival:
     """Row 3: an event for a job nobody awaits yet is stored and found by a later wait."""
 
-    @pytest.mark.anyio
     async def test_event_before_any_wait_is_found_by_a_later_wait(
         self, receiver: WebhookReceiver, sink: InMemorySink
     ) -> None:
@@ -339,7 +297,6 @@ class TestEarlyArrival:
         assert "task.created" == outcome.event.type
         assert "webhook" == outcome.via
 
-    @pytest.mark.anyio
     async def test_numeric_job_id_resolves_a_wait_on_its_string(
         self, receiver: WebhookReceiver, sink: InMemorySink
     ) -> None:
@@ -357,7 +314,6 @@ class TestEarlyArrival:
 class TestNonTerminalEvents:
     """Row 4: events without job_id or of unknown type are 200, go to the hook, never crash."""
 
-    @pytest.mark.anyio
     async def test_unknown_type_is_200_and_reaches_the_hook(
         self, receiver: WebhookReceiver, sink: InMemorySink, hook: Recorder
     ) -> None:
@@ -377,7 +333,6 @@ class TestNonTerminalEvents:
         assert payload == event.raw
         assert None is await stored(sink, "job-9")
 
-    @pytest.mark.anyio
     async def test_known_type_without_job_id_is_200_and_not_stored(
         self, receiver: WebhookReceiver, sink: InMemorySink, hook: Recorder
     ) -> None:
@@ -391,7 +346,6 @@ class TestNonTerminalEvents:
         assert [None] == [event.job_id for event in hook.events]
         assert 0 == sink.stats().buffered
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize("payload", [task_created(), {"type": "login_required"}])
     async def test_hook_that_raises_never_crashes_ingestion(
         self, sink: InMemorySink, payload: dict[str, Any], caplog: pytest.LogCaptureFixture
@@ -408,10 +362,7 @@ class TestNonTerminalEvents:
         assert 200 == receipt.status_code
         assert any("on_event hook failed" in record.getMessage() for record in caplog.records)
 
-    @pytest.mark.anyio
-    async def test_async_hook_that_raises_never_crashes_ingestion(
-        self, sink: InMemorySink
-    ) -> None:
+    async def test_async_hook_that_raises_never_crashes_ingestion(self, sink: InMemorySink) -> None:
         """An async hook's exception is swallowed as a sync hook's is."""
 
         async def on_event(event: Event) -> None:
@@ -485,7 +436,6 @@ UNAUTHENTIC = [
 class TestUnauthorized:
     """Row 5: a missing or wrong signature, or an unknown secret, is 401 and stores nothing."""
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize("make", UNAUTHENTIC)
     async def test_unauthentic_delivery_is_401_and_nothing_is_stored(
         self, receiver: WebhookReceiver, sink: InMemorySink, hook: Recorder, make: Any
@@ -498,7 +448,6 @@ class TestUnauthorized:
         assert {} == await sink.get_outcomes(["job-1"])
         assert [] == hook.events
 
-    @pytest.mark.anyio
     async def test_asgi_header_with_high_bytes_is_401_not_a_crash(
         self, receiver: WebhookReceiver, sink: InMemorySink
     ) -> None:
@@ -531,7 +480,6 @@ class TestSignatures:
         assert NODE_SIGNATURE == sign_webhook(NODE_BODY, KNOWN_SECRET)
         assert NODE_SIGNATURE == sign_webhook(NODE_BODY.decode(), KNOWN_SECRET)
 
-    @pytest.mark.anyio
     async def test_receiver_verifies_node_signed_body(self, sink: InMemorySink) -> None:
         """The exact bytes Node would send, with Node's signature, are accepted."""
         receiver = WebhookReceiver(sink, secrets=[KNOWN_SECRET])
@@ -549,7 +497,6 @@ class TestSignatures:
         assert isinstance(event, TaskCreatedEvent)
         assert "12345" == event.job_id
 
-    @pytest.mark.anyio
     async def test_pretty_printed_body_verifies_over_raw_bytes(
         self, receiver: WebhookReceiver
     ) -> None:
@@ -560,7 +507,6 @@ class TestSignatures:
 
         assert 200 == receipt.status_code
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize("ensure_ascii", [False, True], ids=["literal", "escaped"])
     async def test_spaced_body_signed_compactly_verifies_by_reserialising(
         self, receiver: WebhookReceiver, ensure_ascii: bool
@@ -579,7 +525,6 @@ class TestSignatures:
         assert isinstance(receipt.event, TaskCreatedEvent)
         assert "Café – 東京" == receipt.event.data.subject
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize("secret", [SECRET, OLD_SECRET])
     async def test_any_of_several_secrets_verifies_during_rotation(
         self, sink: InMemorySink, secret: str
@@ -591,7 +536,6 @@ class TestSignatures:
 
         assert 200 == receipt.status_code
 
-    @pytest.mark.anyio
     async def test_rotation_still_refuses_an_unknown_secret(self, sink: InMemorySink) -> None:
         """Several secrets do not widen acceptance to a third one."""
         receiver = WebhookReceiver(sink, secrets=[SECRET, OLD_SECRET])
@@ -600,7 +544,6 @@ class TestSignatures:
 
         assert 401 == receipt.status_code
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize(
         "name", ["Cobalt-Verification", "COBALT-VERIFICATION", "cObAlT-vErIfIcAtIoN"]
     )
@@ -614,7 +557,6 @@ class TestSignatures:
 
         assert 200 == receipt.status_code
 
-    @pytest.mark.anyio
     async def test_asgi_list_of_byte_tuples_is_accepted(self, receiver: WebhookReceiver) -> None:
         """ASGI scope headers, a list of (bytes, bytes) with any case, are understood."""
         body, headers = signed(task_created())
@@ -628,7 +570,6 @@ class TestSignatures:
 
         assert 200 == receipt.status_code
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize(
         "names",
         [
@@ -656,7 +597,6 @@ class TestSignatures:
 
             assert status == receipt.status_code
 
-    @pytest.mark.anyio
     async def test_httpx_headers_are_accepted(self, receiver: WebhookReceiver) -> None:
         """A framework's case-insensitive headers mapping works as a plain dict does."""
         body, headers = signed(task_created())
@@ -665,7 +605,6 @@ class TestSignatures:
 
         assert 200 == receipt.status_code
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize("transform", [str.upper, lambda sig: f"  {sig}\t"])
     async def test_uppercase_or_padded_hex_signature_verifies(
         self, receiver: WebhookReceiver, transform: Any
@@ -686,17 +625,13 @@ class TestSignatures:
 
         assert expected == sign_webhook({"a": 1}, "clé-東京")
 
-    @pytest.mark.anyio
-    async def test_raw_body_is_required_not_a_parsed_dict(
-        self, receiver: WebhookReceiver
-    ) -> None:
+    async def test_raw_body_is_required_not_a_parsed_dict(self, receiver: WebhookReceiver) -> None:
         """receive() given a dict raises TypeError explaining that raw bytes are needed."""
         _, headers = signed(task_created())
 
         with pytest.raises(TypeError, match="raw request body as bytes"):
             await receiver.receive(task_created(), headers)  # type: ignore[arg-type]
 
-    @pytest.mark.anyio
     async def test_raw_body_is_required_not_text(self, receiver: WebhookReceiver) -> None:
         """A str body is refused too: its encoding is not known to be Cobalt's bytes."""
         body, headers = signed(task_created())
@@ -714,7 +649,6 @@ class TestSignatures:
 class TestInvalidBody:
     """Row 6: a verified body that is not JSON, or not an event, is 400."""
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize(
         "body",
         [
@@ -752,7 +686,6 @@ class TestInvalidBody:
 class TestTooLarge:
     """Row 7: a body over the size limit is 413."""
 
-    @pytest.mark.anyio
     async def test_body_over_the_limit_is_413_even_if_signed(self, sink: InMemorySink) -> None:
         """One byte over max_body_bytes is refused before verification."""
         body, headers = signed(task_created())
@@ -763,7 +696,6 @@ class TestTooLarge:
         assert (413, "too_large") == (receipt.status_code, receipt.result)
         assert 0 == sink.stats().buffered
 
-    @pytest.mark.anyio
     async def test_body_at_the_limit_is_accepted(self, sink: InMemorySink) -> None:
         """A body of exactly max_body_bytes is within the limit."""
         body, headers = signed(task_created())
@@ -781,7 +713,6 @@ class TestTooLarge:
 class TestSinkUnavailable:
     """Row 8: a sink that cannot persist gets a 503 quickly, so Cobalt's retry can land."""
 
-    @pytest.mark.anyio
     async def test_sink_raising_unavailable_is_503(self) -> None:
         """SinkUnavailableError from the sink becomes a 503 receipt, not an exception."""
         receiver = WebhookReceiver(UnavailableSink(), secrets=[SECRET])
@@ -791,7 +722,6 @@ class TestSinkUnavailable:
 
         assert (503, "unavailable") == (receipt.status_code, receipt.result)
 
-    @pytest.mark.anyio
     async def test_hanging_sink_is_503_after_publish_timeout(self) -> None:
         """A sink that never answers is given up on after publish_timeout, with 503."""
         sink = HangingSink()
@@ -803,7 +733,6 @@ class TestSinkUnavailable:
         assert sink.entered.is_set()
         assert (503, "unavailable") == (receipt.status_code, receipt.result)
 
-    @pytest.mark.anyio
     async def test_hook_is_not_run_when_the_event_was_not_stored(self) -> None:
         """A 503'd delivery will be retried: running the hook now would run it twice."""
         hook = Recorder()
@@ -841,7 +770,6 @@ def _scenarios() -> list[Any]:
 class TestNoLeaks:
     """No secret, signature or body text in any log record or receipt detail."""
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize(("sink_type", "body", "headers"), _scenarios())
     async def test_logs_and_receipts_hold_no_secret_signature_or_body_text(
         self,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+
+from tests.support import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio, pytest.mark.timeout(180)]
 
@@ -35,12 +36,6 @@ STARTUP_DEADLINE = 30.0
 def anyio_backend() -> str:
     """httpx's client side only; the servers under test run in their own processes."""
     return "asyncio"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -11,7 +10,8 @@ import pytest
 
 from cobalt_async import ConfigurationError, JobTimeoutError
 from cobalt_async.models import TaskCreatedEvent, TaskFailedEvent, UnknownEvent
-from cobalt_async.sinks import InMemorySink, Outcome, _memory
+from cobalt_async.sinks import InMemorySink, Outcome
+from tests.support import FakeClock, until
 
 pytestmark = pytest.mark.anyio
 
@@ -44,32 +44,6 @@ def sync_event(event_id: str | None) -> UnknownEvent:
     return UnknownEvent.model_validate(
         {"id": event_id, "type": "patient.updated", "data": {"patient_mrn": "MRN-1"}}
     )
-
-
-class FakeClock:
-    """Stands in for the ``time`` module of ``cobalt_async.sinks._memory``."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(_memory, "time", fake)
-    return fake
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Yield to other tasks until *predicate* holds (bounded by the caller's fail_after)."""
-    while not predicate():
-        await anyio.lowlevel.checkpoint()
 
 
 class TestArrivalOrder:
