@@ -35,7 +35,7 @@ from cobalt_async import (
     WebhookReceiver,
     sign_webhook,
 )
-from cobalt_async._webhooks import compact_json
+from cobalt_async._signing import compact_json
 from cobalt_async.models import TaskCreatedEvent, UnknownEvent, parse_event
 from cobalt_async.sinks import Outcome, PendingJob
 from tests._redis_server import RedisServer

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from cobalt_async._errors import ConfigurationError
-from cobalt_async._webhooks import WebhookReceiver, verify_webhook
+from cobalt_async import WebhookReceiver, verify_webhook
 from cobalt_async.models import (
     TaskCreatedEvent,
     TaskFailedEvent,
