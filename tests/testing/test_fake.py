@@ -11,8 +11,8 @@ import anyio
 import httpx
 import pytest
 
-from cobalt_async._errors import ConfigurationError
 from cobalt_async import WebhookReceiver, verify_webhook
+from cobalt_async._errors import ConfigurationError
 from cobalt_async.models import (
     TaskCreatedEvent,
     TaskFailedEvent,
