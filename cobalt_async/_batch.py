@@ -14,8 +14,14 @@ from typing import Any, Generic, TypeVar
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._errors import CobaltError, JobFailedError, JobTimeoutError, RateLimitError
-from ._handles import JobHandle
+from ._errors import (
+    CobaltError,
+    JobFailedError,
+    JobTimeoutError,
+    MalformedEventError,
+    RateLimitError,
+)
+from ._handles import JobHandle, JobStatus
 from ._http import MAX_RETRY_AFTER
 
 logger = logging.getLogger("cobalt_async.batch")
@@ -185,33 +191,36 @@ class WaitResult(Generic[H]):
     """Handles whose job failed; ``handle.event`` is the failure event."""
     pending: list[H]
     """Handles still without an outcome: their jobs may yet succeed. Do not resubmit."""
+    malformed: list[H] = field(default_factory=list)
+    """Handles whose terminal event could not be read (``MalformedEventError``). Do not resubmit."""
 
     @property
     def unknown_job_ids(self) -> list[str]:
         return [handle.job_id for handle in self.pending]
 
 
-async def _settle(handle: JobHandle[Any], deadline: float) -> bool | None:
-    """Wait for *handle* until *deadline*: True succeeded, False failed, None unknown."""
+async def _settle(handle: JobHandle[Any], deadline: float) -> JobStatus:
+    """Wait for *handle* until *deadline*; what it knows then (PENDING: nothing yet)."""
     timeout = None if deadline == math.inf else max(0.0, deadline - anyio.current_time())
     try:
         await handle.wait(timeout=timeout)
-    except JobFailedError:
-        return False
+    except (JobFailedError, MalformedEventError):
+        return handle.status
     except JobTimeoutError:
-        return None
-    return True
+        return JobStatus.PENDING
+    return JobStatus.SUCCEEDED
 
 
 async def wait_all(handles: Sequence[H], *, timeout: float | None = None) -> WaitResult[H]:
     """
     Wait for every handle, with one overall deadline.
 
-    Never raises for a job's failure or a timeout: the result sorts the handles instead,
+    Never raises for a job's failure, an unreadable event or a timeout: the result sorts the
+    handles instead,
     and ``unknown_job_ids`` names the jobs still without an outcome at the deadline.
     """
     deadline = math.inf if timeout is None else anyio.current_time() + timeout
-    settled: dict[int, bool | None] = {}
+    settled: dict[int, JobStatus] = {}
 
     async def settle(index: int, handle: H) -> None:
         settled[index] = await _settle(handle, deadline)
@@ -219,10 +228,15 @@ async def wait_all(handles: Sequence[H], *, timeout: float | None = None) -> Wai
     async with anyio.create_task_group() as task_group:
         for index, handle in enumerate(handles):
             task_group.start_soon(settle, index, handle)
-    by_state: dict[bool | None, list[H]] = {True: [], False: [], None: []}
+    by_status: dict[JobStatus, list[H]] = {status: [] for status in JobStatus}
     for index, handle in enumerate(handles):
-        by_state[settled[index]].append(handle)
-    return WaitResult(by_state[True], by_state[False], by_state[None])
+        by_status[settled[index]].append(handle)
+    return WaitResult(
+        by_status[JobStatus.SUCCEEDED],
+        by_status[JobStatus.FAILED],
+        by_status[JobStatus.PENDING],
+        by_status[JobStatus.MALFORMED],
+    )
 
 
 class Completed(Generic[H]):
@@ -257,7 +271,7 @@ async def as_completed(
 
     async def watch(sender: MemoryObjectSendStream[H], handle: H) -> None:
         async with sender:
-            if await _settle(handle, deadline) is not None:
+            if await _settle(handle, deadline) is not JobStatus.PENDING:
                 await sender.send(handle)
 
     error: Exception | None = None

@@ -15,6 +15,7 @@ Every error ``cobalt_async`` raises shares one root, :class:`CobaltError`.
     │   └── CobaltConnectionError              the request failed in transit
     │       └── CobaltTimeoutError             ... by timing out
     ├── JobFailedError                         Cobalt reported the job as failed
+    ├── MalformedEventError                    Cobalt's terminal event for the job is unreadable
     ├── JobTimeoutError (TimeoutError)         a wait gave up; the job itself goes on
     ├── WebhookVerificationError (ValueError)  a webhook's signature did not verify
     └── SinkUnavailableError                   the sink could not store or read outcomes
@@ -28,7 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .models import FailureReason, JobEvent
+    from .models import FailureReason, JobEvent, MalformedJobEvent
 
 _UNKNOWN_OUTCOME_ADVICE = (
     "The request may have reached Cobalt, so the job may exist: do not resubmit blindly. "
@@ -163,6 +164,25 @@ class JobFailedError(CobaltError):
         self.reasons: tuple[FailureReason, ...] = tuple(getattr(event.data, "reasons", None) or ())
         reason = self.failure_reason or "no reason given"
         super().__init__(f"job {self.job_id} failed ({event.type}): {reason}")
+
+
+class MalformedEventError(CobaltError):
+    """
+    Cobalt sent a signed terminal event for the job that this version cannot read.
+
+    The job may well have succeeded in the EHR: do not resubmit. ``event.raw`` holds the
+    payload as sent, ``problem`` what was wrong with it; a newer cobalt-async may read it.
+    """
+
+    def __init__(self, event: MalformedJobEvent) -> None:
+        self.event = event
+        self.job_id = event.job_id
+        self.problem = event.problem
+        super().__init__(
+            f"job {self.job_id}: its {event.type} event is not one this version can read "
+            f"({self.problem}). The job may have succeeded: do not resubmit; inspect "
+            "exc.event.raw, or upgrade cobalt-async."
+        )
 
 
 class JobTimeoutError(CobaltError, TimeoutError):

@@ -6,9 +6,15 @@ from collections.abc import Coroutine, Generator
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from ._config import NOT_GIVEN, NotGiven
-from ._errors import JobFailedError
+from ._errors import JobFailedError, MalformedEventError
 from ._outcome import JobKind, Outcome, Via
-from .models import JobEvent, TaskCreatedEvent, TaskNoteCreatedEvent, is_failure
+from .models import (
+    JobEvent,
+    MalformedJobEvent,
+    TaskCreatedEvent,
+    TaskNoteCreatedEvent,
+    is_failure,
+)
 
 E = TypeVar("E", TaskCreatedEvent, TaskNoteCreatedEvent)
 
@@ -27,6 +33,8 @@ class JobStatus(enum.Enum):
     PENDING = "pending"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    MALFORMED = "malformed"
+    """Cobalt's terminal event could not be read; the job may have succeeded."""
 
 
 class JobHandle(Generic[E]):
@@ -81,7 +89,10 @@ class JobHandle(Generic[E]):
     def status(self) -> JobStatus:
         if self._outcome is None:
             return JobStatus.PENDING
-        return JobStatus.FAILED if is_failure(self._outcome.event) else JobStatus.SUCCEEDED
+        event = self._outcome.event
+        if type(event) is MalformedJobEvent:
+            return JobStatus.MALFORMED
+        return JobStatus.FAILED if is_failure(event) else JobStatus.SUCCEEDED
 
     @property
     def event(self) -> JobEvent | None:
@@ -110,6 +121,7 @@ class JobHandle(Generic[E]):
 
         Raises:
             JobFailedError: Cobalt reported the job as failed.
+            MalformedEventError: Cobalt's terminal event for the job cannot be read.
             JobTimeoutError: No outcome in time. The job was not cancelled and may still
                 succeed: wait again, or attach to the job_id later. Do not resubmit.
         """
@@ -117,6 +129,8 @@ class JobHandle(Generic[E]):
             self._outcome = await self._jobs.wait_for(self.job_id, timeout)
             self.resolved_at = time.time()
         event = self._outcome.event
+        if type(event) is MalformedJobEvent:
+            raise MalformedEventError(event)
         if is_failure(event):
             raise JobFailedError(event)
         return cast(E, event)

@@ -34,6 +34,7 @@ from ._errors import (
     ServerError,
 )
 from .models import ErrorBody
+from .models._json import decode_json, is_json_error
 
 logger = logging.getLogger("cobalt_async.http")
 
@@ -225,7 +226,12 @@ def parse_answer(
             named by the request's method and full path.
     """
     try:
-        return model.model_validate_json(response.content)
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            if not is_json_error(exc):
+                raise
+            return model.model_validate(decode_json(response.content, exc))
     except ValidationError as exc:
         request = response.request
         raise APIError(

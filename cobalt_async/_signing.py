@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 
@@ -27,8 +29,92 @@ Headers: TypeAlias = Mapping[str, str] | Iterable[tuple[bytes | str, bytes | str
 
 
 def compact_json(payload: Any) -> bytes:
-    """Serialise *payload* as JavaScript's ``JSON.stringify`` does for Cobalt's events."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    """
+    Serialise *payload* exactly as JavaScript's ``JSON.stringify`` does.
+
+    Numbers are written by JavaScript's rules (``1e-7``, ``0.00001``, ``1e+21``, integers past
+    2**53 rounded to a double), and a lone surrogate, which EHR text cut mid-emoji holds, as
+    its ``\\udXXX`` escape: what Cobalt's Node service signs.
+    """
+    return _stringify(payload).encode()
+
+
+def _stringify(value: Any) -> str:
+    if isinstance(value, str):
+        return _string(value)
+    if value is None or value is True or value is False:
+        return _CONSTANTS[value]
+    if isinstance(value, int):
+        return str(value) if -_MAX_SAFE <= value <= _MAX_SAFE else _big_integer(value)
+    if isinstance(value, float):
+        return js_number(value)
+    if isinstance(value, Mapping):
+        members = (f"{_key(key)}:{_stringify(item)}" for key, item in value.items())
+        return "{" + ",".join(members) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(map(_stringify, value)) + "]"
+    msg = f"{type(value).__name__} is not JSON serializable"
+    raise TypeError(msg)
+
+
+_CONSTANTS = {None: "null", True: "true", False: "false"}
+_MAX_SAFE = 2**53
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _string(text: str) -> str:
+    # The stdlib escapes quotes, backslashes and control characters as JavaScript does; a
+    # surrogate left in a str is a lone one (a pair decodes to one code point).
+    quoted = json.dumps(text, ensure_ascii=False)
+    if _LONE_SURROGATE.search(quoted) is None:
+        return quoted
+    return _LONE_SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", quoted)
+
+
+def _key(key: object) -> str:
+    if not isinstance(key, str):
+        msg = f"JSON object keys must be str, not {type(key).__name__}"
+        raise TypeError(msg)
+    return _string(key)
+
+
+def _big_integer(value: int) -> str:
+    # JavaScript parsed it into a double; one past the largest double is Infinity: null.
+    try:
+        return js_number(float(value))
+    except OverflowError:
+        return "null"
+
+
+def js_number(value: float) -> str:
+    """*value* as JavaScript writes it (ECMA-262 Number::toString), for JSON.stringify."""
+    if not math.isfinite(value):
+        return "null"  # JSON.stringify writes NaN and the infinities as null
+    if value == 0:
+        return "0"  # -0 too
+    sign = "-" if value < 0 else ""
+    digits, point = _shortest_digits(abs(value))
+    # The value is 0.DIGITS x 10**point; JavaScript calls point "n" and len(digits) "k".
+    count = len(digits)
+    if count <= point <= 21:
+        return sign + digits + "0" * (point - count)
+    if 0 < point <= 21:
+        return f"{sign}{digits[:point]}.{digits[point:]}"
+    if -6 < point <= 0:
+        return f"{sign}0.{'0' * -point}{digits}"
+    exponent = point - 1
+    mantissa = digits if count == 1 else f"{digits[0]}.{digits[1:]}"
+    return f"{sign}{mantissa}e{'+' if exponent >= 0 else '-'}{abs(exponent)}"
+
+
+def _shortest_digits(value: float) -> tuple[str, int]:
+    """The shortest digits that round-trip *value* (as ``repr`` finds them), and the point."""
+    mantissa, _, exponent = repr(value).partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    joined = whole + fraction
+    digits = joined.lstrip("0")
+    point = len(whole) + int(exponent or 0) - (len(joined) - len(digits))
+    return digits.rstrip("0"), point
 
 
 def sign_webhook(payload: Mapping[str, Any] | bytes | str, secret: str) -> str:

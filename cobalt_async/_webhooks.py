@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from ._errors import SinkUnavailableError, WebhookVerificationError
 from ._signing import RAW, Headers, HeaderValue, Verifier, delivery_headers
-from .models import Event, parse_event
+from .models import Event, MalformedJobEvent, parse_event
 from .sinks import Sink
 
 logger = logging.getLogger("cobalt_async.webhooks")
@@ -26,7 +26,14 @@ DEFAULT_PUBLISH_TIMEOUT = 1.5
 
 EventHook: TypeAlias = Callable[[Event], Awaitable[None] | None]
 ReceiptResult: TypeAlias = Literal[
-    "accepted", "duplicate", "conflict", "unauthorized", "invalid", "too_large", "unavailable"
+    "accepted",
+    "duplicate",
+    "conflict",
+    "unreadable",
+    "unauthorized",
+    "invalid",
+    "too_large",
+    "unavailable",
 ]
 
 
@@ -50,6 +57,10 @@ class Receipt:
 # A publish's results (the sinks' PublishResult) with their receipts, shared: a receipt is
 # immutable, and these carry no event, for callers that only answer the status.
 _STORED = {result: Receipt(200, result, result) for result in ("accepted", "duplicate", "conflict")}
+
+
+# Results of an event stored for the first time: the ones the on_event hook sees.
+_NEW = frozenset({"accepted", "unreadable"})
 
 
 class WebhookReceiver:
@@ -129,6 +140,11 @@ class WebhookReceiver:
             return Receipt(503, "unavailable", "the sink could not store the event", event)
         if logger.isEnabledFor(logging.DEBUG):  # one check, not two calls, per delivery
             logger.debug("webhook %s for job %s: %s", event.type, event.job_id, result)
+        if type(event) is MalformedJobEvent and result == "accepted":
+            # Stored, so its waiters learn now; not a 2xx, so that Cobalt records the
+            # delivery as failed and a newer version can recover it from the listing.
+            logger.warning("webhook for job %s unreadable: %s", event.job_id, event.problem)
+            return Receipt(422, "unreadable", event.problem, event)
         shared = None if keep_event else _STORED.get(result)
         return shared or Receipt(200, result, result, event)
 
@@ -148,7 +164,7 @@ class WebhookReceiver:
 
     async def dispatch(self, receipt: Receipt) -> None:
         """Run the *on_event* hook for a newly accepted event; its errors are logged, not raised."""
-        if self.on_event is None or receipt.result != "accepted" or receipt.event is None:
+        if self.on_event is None or receipt.result not in _NEW or receipt.event is None:
             return
         try:
             result = self.on_event(receipt.event)

@@ -219,7 +219,7 @@ class TestEventParsing:
             pytest.param(b"[1, 2]", id="list"),
             pytest.param(b"null", id="null"),
             pytest.param(b'{"job_id": "1", "data": {}}', id="missing-type"),
-            pytest.param(b'{"type": "task.created", "job_id": "1"}', id="missing-data"),
+            pytest.param(b'{"type": "task.created", "data": {}}', id="terminal-without-job-id"),
             pytest.param(b"not json", id="not-json"),
         ],
     )

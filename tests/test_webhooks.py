@@ -658,10 +658,7 @@ class TestInvalidBody:
             pytest.param(b'"task.created"', id="string"),
             pytest.param(b'{"job_id": "job-1", "data": {}}', id="missing-type"),
             pytest.param(b'{"type": 5, "job_id": "job-1"}', id="type-not-string"),
-            pytest.param(
-                b'{"type": "task.created", "job_id": "job-1", "data": {}}',
-                id="known-type-bad-data",
-            ),
+            pytest.param(b'{"type": "task.created", "data": {}}', id="terminal-without-job-id"),
         ],
     )
     async def test_verified_body_that_is_not_an_event_is_400(

@@ -3,9 +3,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from ._base import CobaltModel, LaxStr, OpenModel
+from ._json import decode_json
 
 
 class FailureReason(OpenModel):
@@ -107,9 +116,30 @@ class UnknownEvent(_Envelope):
         return value
 
 
-JobEvent: TypeAlias = (
+class MalformedJobEvent(_Envelope):
+    """
+    A signed terminal event this version cannot read (a required field missing, say).
+
+    It settles its job all the same: the job's waiters raise ``MalformedEventError`` at once
+    instead of waiting out their timeout. ``problem`` names what was wrong (field paths and
+    error types, never values); ``raw`` keeps the whole payload, and is what it serialises to.
+    """
+
+    job_id: LaxStr
+    problem: str
+    data: Any = None
+    raw: dict[str, Any]
+
+    @model_serializer
+    def _as_sent(self) -> dict[str, Any]:
+        # As Cobalt sent it, so that a sink that stores the dump reads the same event back.
+        return self.raw
+
+
+_TypedJobEvent: TypeAlias = (
     TaskCreatedEvent | TaskFailedEvent | TaskNoteCreatedEvent | TaskNoteFailedEvent
 )
+JobEvent: TypeAlias = _TypedJobEvent | MalformedJobEvent
 """A terminal event: it settles the job named by its ``job_id``."""
 
 Event: TypeAlias = JobEvent | UnknownEvent
@@ -137,8 +167,8 @@ _AnyEvent = Annotated[
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(_AnyEvent)
 # The four terminal types by their "type" string, looked up inside pydantic-core: twice as
 # fast as the callable discriminator, which _EVENT_ADAPTER needs for its UnknownEvent fallback.
-_JOB_EVENT_ADAPTER: TypeAdapter[JobEvent] = TypeAdapter(
-    Annotated[JobEvent, Field(discriminator="type")]
+_JOB_EVENT_ADAPTER: TypeAdapter[_TypedJobEvent] = TypeAdapter(
+    Annotated[_TypedJobEvent, Field(discriminator="type")]
 )
 # Its core validator, called directly on the webhook hot path: the adapter's own method only
 # adds the handling of options that are never passed here.
@@ -149,19 +179,71 @@ def parse_event(payload: bytes | str | Mapping[str, Any]) -> Event:
     """
     Parse a webhook body (raw JSON or already decoded) into its event model.
 
+    Accepts every document ``JSON.stringify`` writes. A terminal event with a ``job_id`` whose
+    other fields do not validate becomes a :class:`MalformedJobEvent`.
+
     Raises:
         pydantic.ValidationError: The payload is not an event object.
     """
-    try:
-        if isinstance(payload, bytes | str):
+    if isinstance(payload, bytes | str):
+        try:
             event: JobEvent = _validate_job_event_json(payload)
             return event
+        except ValidationError:
+            pass  # an unknown type, or not an event at all: the full union says which
+        try:
+            return _EVENT_ADAPTER.validate_json(payload)
+        except ValidationError as exc:
+            # Decoded, for what only Python mode reads: see decode_json and _malformed.
+            payload = decode_json(payload, exc)
+    return _parse_decoded(payload)
+
+
+def _parse_decoded(payload: Any) -> Event:
+    try:
         return _JOB_EVENT_ADAPTER.validate_python(payload)
     except ValidationError:
-        pass  # an unknown type, or not an event at all: the full union says which
-    if isinstance(payload, bytes | str):
-        return _EVENT_ADAPTER.validate_json(payload)
-    return _EVENT_ADAPTER.validate_python(payload)
+        pass
+    try:
+        return _EVENT_ADAPTER.validate_python(payload)
+    except ValidationError as exc:
+        malformed = _malformed(payload, exc)
+        if malformed is None:
+            raise
+        return malformed
+
+
+def _malformed(payload: Any, error: ValidationError) -> MalformedJobEvent | None:
+    """A terminal event naming its job, whatever else is wrong with it; else ``None``."""
+    if not isinstance(payload, Mapping):
+        return None
+    kind = payload.get("type")
+    if not isinstance(kind, str) or kind not in _TERMINAL_TYPES:
+        return None
+    job_id = payload.get("job_id")
+    if type(job_id) is int:
+        job_id = str(job_id)
+    if not isinstance(job_id, str) or not job_id:
+        return None
+    event_id = payload.get("id")
+    return MalformedJobEvent(
+        id=event_id if isinstance(event_id, str) else None,
+        type=kind,
+        job_id=job_id,
+        problem=_problem(error),
+        data=payload.get("data"),
+        raw=dict(payload),
+    )
+
+
+def _problem(error: ValidationError) -> str:
+    # Paths and error types only: a message or an input may quote EHR text.
+    details = error.errors(include_url=False, include_input=False, include_context=False)
+    named = {
+        f"{'.'.join(str(part) for part in detail['loc'][1:]) or 'event'}: {detail['type']}"
+        for detail in details
+    }
+    return "; ".join(sorted(named)[:5])
 
 
 def is_terminal(event: Event) -> bool:
