@@ -7,7 +7,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from .._errors import ConfigurationError
-from .._outcome import Outcome
+from .._outcome import Outcome, PendingJob
 from ._base import Sink, StoreStats
 
 logger = logging.getLogger("cobalt_async.sinks")
@@ -24,8 +24,11 @@ class InMemorySink(Sink):
     The sink for one process: outcomes and dedup ids in bounded, expiring dicts.
 
     The outcome buffer is also the early-arrival buffer: an event that arrives before
-    anyone waits (even before the POST response) is kept until *outcome_ttl* expires or
-    *max_outcomes* pushes it out. It cannot serve several workers or pods: use ``RedisSink``.
+    anyone waits (even before the POST response) is kept until *outcome_ttl* expires. The
+    outcome of a job submitted through this process's client is kept until a wait reads it,
+    however many there are; *max_outcomes* bounds the others (jobs this process did not
+    submit, and outcomes already read). It cannot serve several workers or pods: use
+    ``RedisSink``.
     """
 
     stores_in_process = True
@@ -49,6 +52,10 @@ class InMemorySink(Sink):
         # Each outcome with its expiry, in expiry order (one TTL): eviction pops the front.
         self._outcomes: OrderedDict[str, tuple[Outcome, float]] = OrderedDict()
         self._seen: OrderedDict[str, float] = OrderedDict()
+        # Jobs submitted here whose outcome has not arrived, and outcomes of such jobs not
+        # read yet: bounded by the TTL only, so a large batch loses none before its wait.
+        self._tracked: OrderedDict[str, float] = OrderedDict()
+        self._held: OrderedDict[str, tuple[Outcome, float]] = OrderedDict()
         self._evicted = 0
         # No entry expires before this: most calls to _purge end at this comparison.
         self._soonest = math.inf
@@ -58,17 +65,40 @@ class InMemorySink(Sink):
         self._warned = False
 
     def __repr__(self) -> str:
-        return f"<InMemorySink buffered={len(self._outcomes)} pending={self._correlator.pending}>"
+        buffered = len(self._outcomes) + len(self._held)
+        return f"<InMemorySink buffered={buffered} pending={self._correlator.pending}>"
+
+    async def add_pending(self, job: PendingJob) -> None:
+        self._purge()
+        early = self._outcomes.pop(job.job_id, None)
+        if early is not None:
+            # Its webhook came before the POST answer: hold it from now on. (It joins the
+            # back with an expiry a request's time older: it may outlive its TTL by that.)
+            self._unclaimed_ids.discard(job.job_id)
+            self._held[job.job_id] = early
+            return
+        self._tracked[job.job_id] = expires = time.monotonic() + self.outcome_ttl
+        self._tracked.move_to_end(job.job_id)
+        self._soonest = min(self._soonest, expires)
 
     async def get_outcomes(self, job_ids: Sequence[str]) -> dict[str, Outcome]:
         self._purge()
         found = {}
         for job_id in job_ids:
-            stored = self._outcomes.get(job_id)
+            stored = self._outcomes.get(job_id) or self._claim(job_id)
             if stored is not None:
                 self._unclaimed_ids.discard(job_id)
                 found[job_id] = stored[0]
         return found
+
+    def _claim(self, job_id: str) -> tuple[Outcome, float] | None:
+        """A held outcome, read now: it joins the bounded buffer, for later reads."""
+        held = self._held.pop(job_id, None)
+        if held is None:
+            return None
+        self._outcomes[job_id] = stored = (held[0], time.monotonic() + self.outcome_ttl)
+        self._purge()
+        return stored
 
     async def put_if_absent(self, job_id: str, outcome: Outcome) -> Outcome | None:
         # Once per webhook: the expiry check is inlined, so _purge runs only when something
@@ -77,14 +107,18 @@ class InMemorySink(Sink):
         now = time.monotonic()
         if now >= self._soonest:
             self._purge()
-        stored = outcomes.get(job_id)
+        stored = outcomes.get(job_id) or self._held.get(job_id)
         if stored is not None:
             return stored[0]
         expires = now + self.outcome_ttl
-        outcomes[job_id] = (outcome, expires)
         if expires < self._soonest:
             self._soonest = expires
-        if not self.is_awaited(job_id):
+        awaited = self.is_awaited(job_id)
+        if self._tracked.pop(job_id, None) is not None and not awaited:
+            self._held[job_id] = (outcome, expires)
+            return None
+        outcomes[job_id] = (outcome, expires)
+        if not awaited:
             self._unclaimed_ids.add(job_id)
         if len(outcomes) > self.max_outcomes:
             self._purge()
@@ -103,7 +137,8 @@ class InMemorySink(Sink):
 
     def store_stats(self) -> StoreStats:
         self._purge()
-        return StoreStats(len(self._outcomes), self._evicted, unclaimed=self._unclaimed_count)
+        buffered = len(self._outcomes) + len(self._held)
+        return StoreStats(buffered, self._evicted, unclaimed=self._unclaimed_count)
 
     def _purge(self) -> float:
         now = time.monotonic()
@@ -124,11 +159,24 @@ class InMemorySink(Sink):
         while seen and (len(seen) > self.max_dedup_ids or next(iter(seen.values())) <= now):
             seen.popitem(last=False)
             self._evicted += 1
+        self._expire_tracked(now)
         self._soonest = min(
             next(iter(outcomes.values()))[1] if outcomes else math.inf,
             next(iter(seen.values())) if seen else math.inf,
+            next(iter(self._tracked.values())) if self._tracked else math.inf,
+            next(iter(self._held.values()))[1] if self._held else math.inf,
         )
         return now
+
+    def _expire_tracked(self, now: float) -> None:
+        # One TTL each, so both are in expiry order: expiry pops from the front.
+        tracked, held = self._tracked, self._held
+        while tracked and next(iter(tracked.values())) <= now:
+            tracked.popitem(last=False)
+        while held and next(iter(held.values()))[1] <= now:
+            held.popitem(last=False)
+            self._evicted += 1
+            self._note_unclaimed()
 
     def _note_unclaimed(self) -> None:
         self._unclaimed_count += 1
