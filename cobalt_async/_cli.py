@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -91,6 +92,21 @@ def _port(text: str) -> int:
     return value
 
 
+def _secret(text: str) -> str:
+    if not text.strip():
+        msg = "expected a webhook secret, got an empty string"
+        raise argparse.ArgumentTypeError(msg)
+    return text
+
+
+def _webhook_url(text: str) -> str:
+    scheme, _, rest = text.partition("://")
+    if scheme not in ("http", "https") or not rest.strip("/"):
+        msg = f"expected an http:// or https:// URL, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return text
+
+
 def _add_faults(parser: argparse.ArgumentParser) -> None:
     faults = parser.add_argument_group("faults injected by the simulator")
     faults.add_argument("--failure-rate", type=_rate, default=0.0, help="jobs that end in *.failed")
@@ -153,8 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=_port, required=True)
-    simulate.add_argument("--webhook-url", help="where to POST signed webhooks")
-    simulate.add_argument("--secret", default="whsec_test", help="webhook signing secret")
+    simulate.add_argument(
+        "--webhook-url", type=_webhook_url, help="where to POST signed webhooks (http or https)"
+    )
+    simulate.add_argument(
+        "--secret", type=_secret, default="whsec_test", help="webhook signing secret"
+    )
     simulate.add_argument("--client-id", default="ci_test")
     simulate.add_argument("--client-secret", default="cs_test")
     simulate.add_argument("--access-token", default="at_test")
@@ -172,7 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--host", default="127.0.0.1")
     listen.add_argument("--port", type=_port, required=True)
     listen.add_argument(
-        "--secret", action="append", required=True, help="webhook secret (repeat to rotate)"
+        "--secret",
+        type=_secret,
+        action="append",
+        required=True,
+        help="webhook secret (repeat to rotate)",
     )
     listen.add_argument("--path", default="/webhooks/cobalt", help="route (/webhooks/cobalt)")
 
@@ -182,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_VERIFY_EXAMPLES,
         formatter_class=raw,
     )
-    verify.add_argument("--secret", action="append", required=True, help="repeat to try several")
+    verify.add_argument(
+        "--secret", type=_secret, action="append", required=True, help="repeat to try several"
+    )
     verify.add_argument("--signature", required=True, help="the cobalt-verification header (hex)")
     verify.add_argument("--body-file", help="the raw body; standard input when absent")
     return parser
@@ -205,6 +231,7 @@ def _main(argv: Sequence[str] | None) -> int:
         # The server commands need the cli extra (uvicorn, rich): imported only when run.
         from ._commands import listen, simulate
         from ._demo import run_demo
+        from ._servers import ListenError
     except ImportError as exc:
         print(
             f"cobalt-async {args.command}: needs uvicorn and rich: "
@@ -216,15 +243,29 @@ def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return anyio.run(commands[args.command], args)
+    except ListenError as exc:
+        print(f"cobalt-async {args.command}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"cobalt-async {args.command}: stopped", file=sys.stderr)
         return 130
+
+
+_HEX_SIGNATURE = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def _verify(args: argparse.Namespace) -> int:
     from ._errors import WebhookVerificationError
     from ._signing import SIGNATURE_HEADER, verify_webhook
 
+    if _HEX_SIGNATURE.fullmatch(args.signature.strip()) is None:
+        print(
+            "invalid: the signature is not 64 hex digits (the cobalt-verification header "
+            "holds the hex HMAC-SHA256 of the body)",
+            file=sys.stderr,
+        )
+        return 1
+    source = args.body_file or "standard input"
     try:
         if args.body_file:
             with open(args.body_file, "rb") as file:
@@ -232,7 +273,7 @@ def _verify(args: argparse.Namespace) -> int:
         else:
             body = sys.stdin.buffer.read()
     except OSError as exc:
-        print(f"invalid: cannot read the body: {exc.strerror}", file=sys.stderr)
+        print(f"invalid: cannot read the body from {source}: {exc.strerror}", file=sys.stderr)
         return 1
     try:
         event = verify_webhook(body, {SIGNATURE_HEADER: args.signature}, args.secret)

@@ -65,9 +65,7 @@ class CobaltClient:
             msg = "pass either transport= or http_client=, not both"
             raise ConfigurationError(msg)
         credentials = _credentials(client_id, client_secret, access_token)
-        self.base_url = (base_url or os.environ.get("COBALT_BASE_URL") or DEFAULT_BASE_URL).rstrip(
-            "/"
-        )
+        self.base_url = _base_url(base_url or os.environ.get("COBALT_BASE_URL") or DEFAULT_BASE_URL)
         self._owns_http = http_client is None
         http = http_client or httpx.AsyncClient(
             transport=transport, timeout=timeout, limits=DEFAULT_LIMITS
@@ -151,3 +149,18 @@ def _credentials(
         )
         raise ConfigurationError(msg)
     return Credentials(**values)
+
+
+def _base_url(value: str) -> str:
+    """*value* without its trailing slash, once it is a URL a request can be sent to."""
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        msg = (
+            f"base_url must be an http(s) URL such as {DEFAULT_BASE_URL}, got {value!r} "
+            "(from the base_url argument or COBALT_BASE_URL)"
+        )
+        raise ConfigurationError(msg)
+    return value.rstrip("/")

@@ -79,7 +79,11 @@ class APIError(CobaltError):
     def _describe(self) -> str:
         status = f" -> {self.status_code}" if self.status_code is not None else ""
         text = f"{self.method} {self.path}{status}: {self.message}"
-        return f"{text} {_UNKNOWN_OUTCOME_ADVICE}" if self.outcome_unknown else text
+        if not self.outcome_unknown:
+            return text
+        # The advice is sentences of its own, whatever punctuation Cobalt's message ends with.
+        ended = text if text.endswith((".", "!", "?")) else f"{text}."
+        return f"{ended} {_UNKNOWN_OUTCOME_ADVICE}"
 
 
 class APIStatusError(APIError):
@@ -162,8 +166,10 @@ class JobFailedError(CobaltError):
         self.job_id = event.job_id
         self.failure_reason: str | None = getattr(event.data, "failure_reason", None)
         self.reasons: tuple[FailureReason, ...] = tuple(getattr(event.data, "reasons", None) or ())
-        reason = self.failure_reason or "no reason given"
-        super().__init__(f"job {self.job_id} failed ({event.type}): {reason}")
+        # Codes only: the descriptions name patients and providers (see exc.failure_reason).
+        codes = ", ".join(reason.code for reason in self.reasons if reason.code)
+        detail = f"reasons: {codes}" if codes else "see exc.failure_reason"
+        super().__init__(f"job {self.job_id} failed ({event.type}); {detail}")
 
 
 class MalformedEventError(CobaltError):

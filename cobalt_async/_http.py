@@ -41,7 +41,8 @@ logger = logging.getLogger("cobalt_async.http")
 M = TypeVar("M", bound=BaseModel)
 
 MAX_RETRY_AFTER = 60.0
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Failures before a byte left the machine: a create may be sent again, and is not unknown.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     403: LoginRequiredError,
@@ -179,8 +180,11 @@ class Requester:
         except ValueError:
             # Not Cobalt's envelope (a proxy's page, say): its text is not ours to log.
             body, message = ErrorBody(), f"HTTP {status} without Cobalt's error envelope"
-        if status in _HINTS:
-            message = f"{message} ({_HINTS[status]})"
+        hint = _HINTS.get(status)
+        if status == 404 and not self.base_path.endswith("/v1"):
+            hint = f"the base URL's path is {self.base_path or '/'!r}: Cobalt's API is under /v1"
+        if hint is not None:
+            message = f"{message} ({hint})"
         fallback = ServerError if status >= 500 else APIStatusError
         error_type = _STATUS_ERRORS.get(status, fallback)
         return error_type(

@@ -16,6 +16,10 @@ from .testing import FakeCobalt
 _STARTUP_TIMEOUT = 10.0
 
 
+class ListenError(Exception):
+    """A server could not listen where it was told to: the message says where and why."""
+
+
 @asynccontextmanager
 async def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
     """Serve *app* with uvicorn on a socket bound now (port 0: a free one); yield its URL."""
@@ -24,7 +28,12 @@ async def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> AsyncIt
     # ~40 ms on Nagle and a delayed ACK.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:  # in use, not ours to bind, or a host that does not resolve
+        sock.close()
+        msg = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        raise ListenError(msg) from None
     url = f"http://{host}:{sock.getsockname()[1]}"
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)

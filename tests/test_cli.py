@@ -185,7 +185,11 @@ def bad_deliveries(tmp_path: Path) -> dict[str, tuple[list[str], bytes, str]]:
     return {
         "wrong secret": (["--secret", "whsec_other", "--signature", signature], body, "match"),
         "forged signature": (["--secret", SECRET, "--signature", "ab" * 32], body, "match"),
-        "garbage signature": (["--secret", SECRET, "--signature", "zz-top"], body, "match"),
+        "garbage signature": (
+            ["--secret", SECRET, "--signature", "zz-top"],
+            body,
+            "the signature is not 64 hex digits",
+        ),
         "altered body": (
             ["--secret", SECRET, "--signature", signature],
             body.replace(b"4242", b"4243"),
@@ -211,12 +215,12 @@ def bad_deliveries(tmp_path: Path) -> dict[str, tuple[list[str], bytes, str]]:
                 str(tmp_path / "nope.json"),
             ],
             b"",
-            "cannot read the body: No such file or directory",
+            "cannot read the body from " + str(tmp_path / "nope.json") + ": No such file",
         ),
         "body file is a directory": (
             ["--secret", SECRET, "--signature", signature, "--body-file", str(tmp_path)],
             b"",
-            "cannot read the body",
+            f"cannot read the body from {tmp_path}",
         ),
     }
 
