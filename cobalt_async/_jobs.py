@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any, Literal, overload
 
 from pydantic import ValidationError
 
 from ._config import NotGiven, PollPolicy
-from ._errors import ClientClosedError, SinkUnavailableError
+from ._errors import ClientClosedError, RequestValidationError, SinkUnavailableError
 from ._handles import JobHandle
 from ._http import Requester, parse_answer
 from ._outcome import JobKind, Outcome, PendingJob
@@ -49,6 +51,9 @@ class WebhookEvents:
         *,
         job_id: str | int | None = None,
         event_type: str | None = None,
+        delivery_status: Literal["success", "failed"] | None = None,
+        start_date: date | str | None = None,
+        end_date: date | str | None = None,
         page: int = 1,
         page_size: int = 50,
         sort: Literal["created_at", "-created_at"] = "-created_at",
@@ -56,14 +61,23 @@ class WebhookEvents:
         """
         List recorded events; records that do not parse as events are skipped.
 
+        *start_date* and *end_date* (a ``date`` or ``"YYYY-MM-DD"``) are inclusive.
+
         Raises:
+            RequestValidationError: A parameter is out of range or of the wrong type;
+                nothing was sent.
             APIError: The request failed, or its answer is not a webhook-events listing.
         """
-        params: dict[str, Any] = {"page": page, "page_size": page_size, "sort": sort}
-        if job_id is not None:
-            params["job_id"] = str(job_id)
-        if event_type is not None:
-            params["event_type"] = event_type
+        params = _listing_params(
+            job_id=job_id,
+            event_type=event_type,
+            delivery_status=delivery_status,
+            start_date=start_date,
+            end_date=end_date,
+            page=page,
+            page_size=page_size,
+            sort=sort,
+        )
         response = await self._requester.get("/webhook-events", params)
         # A proxy's page, say, is an APIError, so that a backstop poll fails alone.
         problem = "Cobalt's answer is not a webhook-events listing"
@@ -149,6 +163,68 @@ class Jobs:
         if self._requester.closed:
             return None
         return await self._webhook_events.find_outcome(job_id)
+
+
+MAX_PAGE_SIZE = 100
+"""Cobalt's largest page of ``GET /v1/webhook-events``."""
+
+
+def _listing_params(
+    *,
+    job_id: object,
+    event_type: object,
+    delivery_status: object,
+    start_date: object,
+    end_date: object,
+    page: object,
+    page_size: object,
+    sort: object,
+) -> dict[str, Any]:
+    """The query of a listing, checked as Cobalt would check it, before anything is sent."""
+    _require(type(page) is int and page >= 1, "page", "must be an integer >= 1")
+    ok = type(page_size) is int and 1 <= page_size <= MAX_PAGE_SIZE
+    _require(ok, "page_size", f"must be an integer from 1 to {MAX_PAGE_SIZE}")
+    _require(sort in ("created_at", "-created_at"), "sort", "must be created_at or -created_at")
+    choices = (None, "success", "failed")
+    _require(delivery_status in choices, "delivery_status", "must be success or failed")
+    _require(event_type is None or isinstance(event_type, str), "event_type", "must be a str")
+    valid_id = job_id is None or (type(job_id) in (str, int) and str(job_id))
+    _require(bool(valid_id), "job_id", "must be a non-empty str or an int")
+    params: dict[str, Any] = {"page": page, "page_size": page_size, "sort": sort}
+    optional = {
+        "job_id": None if job_id is None else str(job_id),
+        "event_type": event_type,
+        "delivery_status": delivery_status,
+        "start_date": _day("start_date", start_date),
+        "end_date": _day("end_date", end_date),
+    }
+    params.update((name, value) for name, value in optional.items() if value is not None)
+    return params
+
+
+def _day(name: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, str) and _DAY.fullmatch(value):
+        try:
+            return date.fromisoformat(value).isoformat()
+        except ValueError:
+            pass  # 2026-02-30, say
+    raise _invalid(name, "must be a datetime.date or a 'YYYY-MM-DD' string")
+
+
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _require(condition: bool, field: str, problem: str) -> None:
+    if not condition:
+        raise _invalid(field, problem)
+
+
+def _invalid(field: str, problem: str) -> RequestValidationError:
+    return RequestValidationError(f"Invalid parameter {field}: {problem}", field=field)
 
 
 def _deadline(job_timeout: float | None) -> float | None:
