@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
-import math
 import random
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, Protocol, Self, TypeAlias, get_args
+from typing import Any, Literal, Self, TypeAlias, get_args
 from urllib.parse import parse_qsl
 
 import anyio
@@ -21,36 +17,28 @@ import httpx
 from anyio.abc import TaskGroup
 
 from .._errors import ConfigurationError
-from .._signing import compact_json
+from .._types import Receive, Scope, Send
+from ._delivery import Delivery, Receiver
 from ._factories import (
     DEFAULT_REFERENCE_ID,
     make_task_created_event,
     make_task_failed_event,
     make_task_note_created_event,
     make_task_note_failed_event,
-    signed_delivery,
     utc_timestamp,
 )
+from ._history import EventHistory, Record, RecordShape
+from ._stats import FakeStats
+from ._wire import Reply, error, field_problem, matches, notify_problem, read_json, send_reply
 
 __all__ = ["FakeCobalt", "FakeStats"]
 
 logger = logging.getLogger("cobalt_async.testing")
 
-Scope: TypeAlias = MutableMapping[str, Any]
-Message: TypeAlias = MutableMapping[str, Any]
-Receive: TypeAlias = Callable[[], Awaitable[Message]]
-Send: TypeAlias = Callable[[Message], Awaitable[None]]
 JobIdType: TypeAlias = Literal["int", "str", "mixed"]
 EmrProfile: TypeAlias = Literal["basic", "subject_assignee", "phone_call"]
-RecordShape: TypeAlias = Literal["new", "old"]
-_Outcome: TypeAlias = int | Literal["network error", "timeout"]
-_Handler: TypeAlias = Callable[[Scope, Receive], Awaitable["_Reply"]]
+_Handler: TypeAlias = Callable[[Scope, Receive], Awaitable[Reply]]
 
-# Cobalt waits 5 s for the first delivery attempt and 2 s for its single retry.
-_FIRST_TIMEOUT = 5.0
-_RETRY_TIMEOUT = 2.0
-_MAX_BODY = 1 << 20
-_MAX_PAGE_SIZE = 100
 _TASK_STRINGS = ("description", "patient_mrn", "subject", "assignee_user_id", "phone_call_type_id")
 _TASK_FIELDS = frozenset({*_TASK_STRINGS, "notify_list"})
 _NOTE_FIELDS = ("emr_task_id", "note")
@@ -77,49 +65,6 @@ _NOT_RUNNING = (
 )
 
 
-class _Receipt(Protocol):
-    @property
-    def status_code(self) -> int: ...
-
-
-class _Receiver(Protocol):
-    async def receive(self, body: bytes, headers: Mapping[str, str]) -> _Receipt: ...
-
-
-@dataclass(slots=True)
-class FakeStats:
-    """What a :class:`FakeCobalt` did so far; the counters only grow."""
-
-    requests: int = 0
-    tasks_accepted: int = 0
-    notes_accepted: int = 0
-    rejected: int = 0
-    """Requests answered with a 4xx, except the injected 429s."""
-    api_errors: int = 0
-    """Injected 503 answers."""
-    rate_limited: int = 0
-    """Injected 429 answers."""
-    jobs_finished: int = 0
-    failed_jobs: int = 0
-    early: int = 0
-    """Jobs whose webhook was delivered before the POST was answered."""
-    dropped: int = 0
-    duplicated: int = 0
-    deliveries_attempted: int = 0
-    """Every delivery attempt, retries included."""
-    deliveries_succeeded: int = 0
-    deliveries_failed: int = 0
-    """Deliveries that got no 2xx answer, after the retry if there was one."""
-    retried: int = 0
-
-
-@dataclass(slots=True)
-class _Reply:
-    status: int
-    payload: dict[str, Any]
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-
-
 @dataclass(slots=True)
 class _Job:
     job_id: str
@@ -132,97 +77,6 @@ class _Job:
     drop: bool
     duplicate: bool
     delivery_error: bool
-
-
-@dataclass(slots=True)
-class _Record:
-    """One finished event, and its delivery history for ``GET /v1/webhook-events``."""
-
-    event: dict[str, Any]
-    status: str = "pending"
-    attempts: int = 0
-    last_attempt: str | None = None
-    response_status: int | None = None
-
-
-def _error(status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> _Reply:
-    return _Reply(status, {"success": False, "message": message}, headers or [])
-
-
-def _matches(given: bytes | None, expected: str) -> bool:
-    return given is not None and hmac.compare_digest(given, expected.encode())
-
-
-def _retryable(outcome: _Outcome) -> bool:
-    # Cobalt retries network errors, 5xx and 429; never another 4xx, nor a timeout (the
-    # receiver may have processed the slow delivery already).
-    if isinstance(outcome, int):
-        return outcome >= 500 or outcome == 429
-    return outcome == "network error"
-
-
-def _field_problem(
-    body: dict[str, Any], allowed: Iterable[str], required: Iterable[str], strings: Iterable[str]
-) -> str | None:
-    unexpected = sorted(set(body).difference(allowed))
-    if unexpected:
-        return f"Unexpected fields in request body: {', '.join(unexpected)}"
-    for name in required:
-        value = body.get(name)
-        if value is None or (isinstance(value, str) and not value.strip()):
-            return f"Missing required field: {name}"
-    for name in strings:
-        if body.get(name) is not None and not isinstance(body[name], str):
-            return f"{name} must be a string"
-    return None
-
-
-def _notify_problem(value: object) -> str | None:
-    if value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-        return None
-    return "notify_list must be an array of strings"
-
-
-def _positive_int(raw: str | None, default: int) -> int | None:
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        return None
-    return value if value >= 1 else None
-
-
-async def _read_json(receive: Receive) -> dict[str, Any] | _Reply:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > _MAX_BODY:
-            return _error(413, "Request body too large.")
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            break
-    try:
-        parsed = json.loads(b"".join(chunks))
-    except ValueError:
-        parsed = None
-    if not isinstance(parsed, dict):
-        return _error(400, "Request body must be a JSON object.")
-    return parsed
-
-
-async def _send_reply(send: Send, reply: _Reply) -> None:
-    body = compact_json(reply.payload)
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *reply.headers,
-    ]
-    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 def _check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
@@ -294,7 +148,7 @@ class FakeCobalt:
         access_token: str = "at_test",
         webhook_secret: str = "whsec_test",
         access_token_reference_id: str = DEFAULT_REFERENCE_ID,
-        receiver: _Receiver | None = None,
+        receiver: Receiver | None = None,
         webhook_url: str | None = None,
         webhook_transport: httpx.AsyncBaseTransport | None = None,
         job_id_type: JobIdType = "mixed",
@@ -350,14 +204,12 @@ class FakeCobalt:
         """Job ids made to fail, known as soon as the POST is accepted."""
         self._rng = random.Random(seed)
         self._next_job = first_job_id
-        self._records: deque[_Record] = deque()
-        self._by_job: dict[str, _Record] = {}
-        self._emr_tasks: set[str] = set()
+        self._history = EventHistory(self)
+        self._delivery = Delivery(self, self._log)
         self._busy = 0
         self._idle: anyio.Event | None = None
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
-        self._http: httpx.AsyncClient | None = None
         self._transport: httpx.ASGITransport | None = None
         self._routes: dict[str, dict[str, _Handler]] = {
             "/v1/tasks": {"POST": self._post_task},
@@ -392,7 +244,7 @@ class FakeCobalt:
 
     def __repr__(self) -> str:
         state = "running" if self._tg is not None else "stopped"
-        return f"<FakeCobalt {state} pending={self._busy} events={len(self._records)}>"
+        return f"<FakeCobalt {state} pending={self._busy} events={len(self._history)}>"
 
     # -- public surface -------------------------------------------------------------------
 
@@ -415,7 +267,7 @@ class FakeCobalt:
     @property
     def events(self) -> list[dict[str, Any]]:
         """Every finished job's event, in the order the jobs finished (dropped ones included)."""
-        return [record.event for record in self._records]
+        return [record.event for record in self._history.records]
 
     @property
     def pending(self) -> int:
@@ -424,7 +276,7 @@ class FakeCobalt:
 
     def add_emr_task(self, emr_task_id: str) -> None:
         """Make *emr_task_id* a task notes may target, as if staff had created it in the EHR."""
-        self._emr_tasks.add(emr_task_id)
+        self._history.emr_tasks.add(emr_task_id)
 
     async def drain(self) -> None:
         """Wait until every accepted job has finished and its deliveries are over."""
@@ -450,9 +302,7 @@ class FakeCobalt:
             tg.cancel_scope.cancel()
         if stack is not None:
             await stack.aclose()
-        http, self._http = self._http, None
-        if http is not None:
-            await http.aclose()
+        await self._delivery.aclose()
 
     # -- ASGI -----------------------------------------------------------------------------
 
@@ -486,56 +336,56 @@ class FakeCobalt:
             self.stats.rejected += 1
         if self.response_delay > 0:
             await anyio.sleep(self.response_delay)
-        await _send_reply(send, reply)
+        await send_reply(send, reply)
         job_id = reply.payload.get("job_id")
         suffix = f" job_id={job_id}" if job_id is not None else ""
         self._log(f"{scope['method']} {scope['path']} -> {reply.status}{suffix}")
 
-    async def _route(self, scope: Scope, receive: Receive) -> _Reply:
+    async def _route(self, scope: Scope, receive: Receive) -> Reply:
         methods = self._routes.get(scope["path"].rstrip("/"))
         if methods is None:
-            return _error(404, "Not found.")
+            return error(404, "Not found.")
         handler = methods.get(scope["method"])
         if handler is None:
             allow = ", ".join(methods).encode()
-            return _error(405, "Method not allowed.", [(b"allow", allow)])
+            return error(405, "Method not allowed.", [(b"allow", allow)])
         refusal = self._authenticate(scope["headers"])
         if refusal is not None:
             return refusal
         return await handler(scope, receive)
 
-    def _authenticate(self, raw_headers: Iterable[tuple[bytes, bytes]]) -> _Reply | None:
+    def _authenticate(self, raw_headers: Iterable[tuple[bytes, bytes]]) -> Reply | None:
         headers = dict(raw_headers)
         if not (
-            _matches(headers.get(b"client_id"), self.client_id)
-            and _matches(headers.get(b"client_secret"), self.client_secret)
+            matches(headers.get(b"client_id"), self.client_id)
+            and matches(headers.get(b"client_secret"), self.client_secret)
         ):
-            return _error(401, "Invalid client credentials.")
-        if not _matches(headers.get(b"access_token"), self.access_token):
+            return error(401, "Invalid client credentials.")
+        if not matches(headers.get(b"access_token"), self.access_token):
             payload = {"success": False, "error": "login_required", "message": _LOGIN_REQUIRED}
-            return _Reply(403, payload)
+            return Reply(403, payload)
         return None
 
     # -- POST /v1/tasks and /v1/tasks/notes ----------------------------------------------
 
-    async def _post_task(self, scope: Scope, receive: Receive) -> _Reply:
+    async def _post_task(self, scope: Scope, receive: Receive) -> Reply:
         return await self._post(receive, self._check_task, self._accept_task)
 
-    async def _post_note(self, scope: Scope, receive: Receive) -> _Reply:
+    async def _post_note(self, scope: Scope, receive: Receive) -> Reply:
         return await self._post(receive, self._check_note, self._accept_note)
 
     async def _post(
         self,
         receive: Receive,
-        check: Callable[[dict[str, Any]], _Reply | None],
-        accept: Callable[[dict[str, Any]], tuple[_Job, _Reply]],
-    ) -> _Reply:
-        body = await _read_json(receive)
+        check: Callable[[dict[str, Any]], Reply | None],
+        accept: Callable[[dict[str, Any]], tuple[_Job, Reply]],
+    ) -> Reply:
+        body = await read_json(receive)
         # Overload and rate limiting happen in front of validation, as at a real gateway.
         refusal = self._injected_fault()
         if refusal is not None:
             return refusal
-        if isinstance(body, _Reply):
+        if isinstance(body, Reply):
             return body
         refusal = check(body)
         if refusal is not None:
@@ -544,40 +394,41 @@ class FakeCobalt:
         await self._schedule(job)
         return reply
 
-    def _injected_fault(self) -> _Reply | None:
+    def _injected_fault(self) -> Reply | None:
         if self._roll(self.rate_limit_rate):
             self.stats.rate_limited += 1
             headers = []
             if self.retry_after is not None:
                 headers.append((b"retry-after", f"{self.retry_after:g}".encode()))
-            return _error(429, "Too many requests. Please retry later.", headers)
+            return error(429, "Too many requests. Please retry later.", headers)
         if self._roll(self.api_error_rate):
             self.stats.api_errors += 1
-            return _error(503, "Service temporarily unavailable. Please try again later.")
+            return error(503, "Service temporarily unavailable. Please try again later.")
         return None
 
-    def _check_task(self, body: dict[str, Any]) -> _Reply | None:
+    def _check_task(self, body: dict[str, Any]) -> Reply | None:
         required = ("description", "patient_mrn", *_PROFILE_FIELDS[self.emr_profile])
-        problem = _field_problem(body, _TASK_FIELDS, required, _TASK_STRINGS)
-        problem = problem or _notify_problem(body.get("notify_list"))
+        problem = field_problem(body, _TASK_FIELDS, required, _TASK_STRINGS)
+        if problem is None and "notify_list" in body:
+            problem = notify_problem(body["notify_list"])
         if problem is not None:
-            return _error(400, problem)
+            return error(400, problem)
         if body["patient_mrn"] in self.unknown_mrns:
-            return _error(404, "Patient not found.")
+            return error(404, "Patient not found.")
         users = [body.get("assignee_user_id"), *(body.get("notify_list") or ())]
         if any(user in self.unknown_users for user in users):
-            return _error(404, "User not found.")
+            return error(404, "User not found.")
         return None
 
-    def _check_note(self, body: dict[str, Any]) -> _Reply | None:
-        problem = _field_problem(body, _NOTE_FIELDS, _NOTE_FIELDS, _NOTE_FIELDS)
+    def _check_note(self, body: dict[str, Any]) -> Reply | None:
+        problem = field_problem(body, _NOTE_FIELDS, _NOTE_FIELDS, _NOTE_FIELDS)
         if problem is not None:
-            return _error(400, problem)
-        if body["emr_task_id"] not in self._emr_tasks:
-            return _error(404, "Task not found.")
+            return error(400, problem)
+        if body["emr_task_id"] not in self._history.emr_tasks:
+            return error(404, "Task not found.")
         return None
 
-    def _accept_task(self, body: dict[str, Any]) -> tuple[_Job, _Reply]:
+    def _accept_task(self, body: dict[str, Any]) -> tuple[_Job, Reply]:
         number, envelope = self._start_job()
         task_id = self._hex_id()
         emr_task_id: str | None = None
@@ -603,9 +454,9 @@ class FakeCobalt:
         self.stats.tasks_accepted += 1
         job = self._new_job(envelope["job_id"], build, emr_task_id)
         payload = {"success": True, "message": _TASK_ACCEPTED, "task_id": task_id}
-        return job, _Reply(200, {**payload, "job_id": self._wire_job_id(number)})
+        return job, Reply(200, {**payload, "job_id": self._wire_job_id(number)})
 
-    def _accept_note(self, body: dict[str, Any]) -> tuple[_Job, _Reply]:
+    def _accept_note(self, body: dict[str, Any]) -> tuple[_Job, Reply]:
         number, envelope = self._start_job()
         task_note_id = self._hex_id()
         if self._fail(envelope["job_id"]):
@@ -627,7 +478,7 @@ class FakeCobalt:
         self.stats.notes_accepted += 1
         job = self._new_job(envelope["job_id"], build, None)
         payload = {"success": True, "message": _NOTE_ACCEPTED, "task_note_id": task_note_id}
-        return job, _Reply(200, {**payload, "job_id": self._wire_job_id(number)})
+        return job, Reply(200, {**payload, "job_id": self._wire_job_id(number)})
 
     # -- fault decisions: every draw comes from self._rng, in request order ----------------
 
@@ -701,111 +552,23 @@ class FakeCobalt:
             if not job.early:
                 await anyio.sleep(job.latency)
             record = self._finish(job)
-            await self._deliver(job, record)
+            await self._delivery.deliver(
+                record, drop=job.drop, duplicate=job.duplicate, fail_first=job.delivery_error
+            )
         finally:
             self._busy -= 1
             if self._busy == 0 and self._idle is not None:
                 self._idle.set()
                 self._idle = None
 
-    def _finish(self, job: _Job) -> _Record:
-        record = _Record(job.build(created=utc_timestamp()))
-        self._records.append(record)
-        self._by_job[job.job_id] = record
-        if len(self._records) > self.max_events:
-            self._forget(self._records.popleft())
+    def _finish(self, job: _Job) -> Record:
+        record = self._history.add(job.build(created=utc_timestamp()))
         self.stats.jobs_finished += 1
         if job.job_id in self.expected_failures:
             self.stats.failed_jobs += 1
         elif job.emr_task_id is not None:
-            self._emr_tasks.add(job.emr_task_id)
+            self._history.emr_tasks.add(job.emr_task_id)
         return record
-
-    def _forget(self, record: _Record) -> None:
-        # Bounded history, so a simulator serving for hours does not grow without limit.
-        event = record.event
-        del self._by_job[event["job_id"]]
-        if event["type"] == "task.created":
-            self._emr_tasks.discard(event["data"]["emr_task_id"])
-
-    async def _deliver(self, job: _Job, record: _Record) -> None:
-        if self.receiver is None and self.webhook_url is None:
-            record.status = "failed"  # no webhook registered: the outcome is only pollable
-            return
-        if job.drop:
-            record.status = "failed"
-            self.stats.dropped += 1
-            self._log(f"webhook {record.event['type']} job_id={job.job_id} -> dropped")
-            return
-        if job.duplicate:
-            self.stats.duplicated += 1
-        for copy in range(2 if job.duplicate else 1):
-            await self._deliver_once(record, fail_first=job.delivery_error and copy == 0)
-
-    async def _deliver_once(self, record: _Record, *, fail_first: bool) -> None:
-        outcome = await self._attempt(record, 1, _FIRST_TIMEOUT, fail=fail_first)
-        if _retryable(outcome):
-            self.stats.retried += 1
-            await anyio.sleep(self.retry_delay)
-            outcome = await self._attempt(record, 2, _RETRY_TIMEOUT, fail=False)
-        if isinstance(outcome, int) and 200 <= outcome < 300:
-            self.stats.deliveries_succeeded += 1
-            record.status = "success"
-        else:
-            self.stats.deliveries_failed += 1
-            if record.status != "success":  # an earlier duplicate may have landed
-                record.status = "failed"
-
-    async def _attempt(
-        self, record: _Record, attempt: int, timeout: float, *, fail: bool
-    ) -> _Outcome:
-        self.stats.deliveries_attempted += 1
-        record.attempts += 1
-        record.last_attempt = utc_timestamp()
-        outcome: _Outcome = "network error"
-        if not fail:
-            body, headers = signed_delivery(record.event, self.webhook_secret, attempt=attempt)
-            outcome = await self._send_webhook(body, headers, timeout)
-        if isinstance(outcome, int):
-            record.response_status = outcome
-        event = record.event
-        self._log(
-            f"webhook {event['type']} job_id={event['job_id']} attempt={attempt} -> {outcome}"
-        )
-        return outcome
-
-    async def _send_webhook(self, body: bytes, headers: dict[str, str], timeout: float) -> _Outcome:
-        if self.receiver is not None:
-            return await self._call_receiver(self.receiver, body, headers, timeout)
-        return await self._post_webhook(body, headers, timeout)
-
-    async def _call_receiver(
-        self, receiver: _Receiver, body: bytes, headers: dict[str, str], timeout: float
-    ) -> _Outcome:
-        # In-process there is no connection to drop: a receiver slower than Cobalt's timeout
-        # is cancelled, which is what a server sees when Cobalt hangs up.
-        with anyio.move_on_after(timeout):
-            try:
-                return (await receiver.receive(body, headers)).status_code
-            except Exception:
-                logger.exception("the webhook receiver raised; counted as a 500 answer")
-                return 500
-        return "timeout"
-
-    async def _post_webhook(self, body: bytes, headers: dict[str, str], timeout: float) -> _Outcome:
-        if self._http is None:
-            self._http = httpx.AsyncClient(transport=self.webhook_transport)
-        try:
-            response = await self._http.post(
-                self.webhook_url or "", content=body, headers=headers, timeout=timeout
-            )
-        except httpx.ConnectTimeout:
-            return "network error"  # never reached the receiver: Cobalt retries
-        except httpx.TimeoutException:
-            return "timeout"
-        except httpx.TransportError:
-            return "network error"
-        return response.status_code
 
     def _log(self, line: str) -> None:
         logger.debug("%s", line)
@@ -817,65 +580,6 @@ class FakeCobalt:
 
     # -- GET /v1/webhook-events -----------------------------------------------------------
 
-    async def _get_events(self, scope: Scope, receive: Receive) -> _Reply:
+    async def _get_events(self, scope: Scope, receive: Receive) -> Reply:
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-        page = _positive_int(query.get("page"), 1)
-        size = _positive_int(query.get("page_size"), 50)
-        sort = query.get("sort", "-created_at")
-        if page is None or size is None:
-            return _error(400, "page and page_size must be positive integers")
-        if sort not in ("created_at", "-created_at"):
-            return _error(400, "sort must be created_at or -created_at")
-        size = min(size, _MAX_PAGE_SIZE)
-        records = self._select(query)
-        if sort == "-created_at":
-            records.reverse()
-        items = [self._record_item(record) for record in records[(page - 1) * size : page * size]]
-        pagination = {
-            "current_page": page,
-            "total_pages": math.ceil(len(records) / size),
-            "total_count": len(records),
-            "page_size": size,
-        }
-        return _Reply(200, {"success": True, "webhook_events": items, "pagination": pagination})
-
-    def _select(self, query: dict[str, str]) -> list[_Record]:
-        job_id = query.get("job_id")
-        if job_id is None:
-            records: Iterable[_Record] = self._records
-        else:
-            found = self._by_job.get(job_id)
-            records = () if found is None else (found,)
-        kind = query.get("event_type")
-        status = query.get("delivery_status", query.get("status"))
-        return [
-            record
-            for record in records
-            if (kind is None or record.event["type"] == kind)
-            and (status is None or record.status == status)
-        ]
-
-    def _record_item(self, record: _Record) -> dict[str, Any]:
-        event = record.event
-        if self.record_shape == "new":
-            return {
-                "event_id": event["id"],
-                "event_type": event["type"],
-                "webhook_url": self.webhook_url or "",
-                "delivery_status": record.status,
-                "data": event["data"],
-                "created_at": event["created"],
-                "job_id": event["job_id"],
-                "access_token_reference_id": event["access_token_reference_id"],
-            }
-        return {
-            **{key: event[key] for key in ("id", "access_token_reference_id", "object", "created")},
-            "type": event["type"],
-            "job_id": event["job_id"],
-            "status": record.status,
-            "delivered": record.status == "success",
-            "delivery_attempts": record.attempts,
-            "last_delivery_attempt": record.last_attempt,
-            "response_status_code": record.response_status,
-            "data": event["data"],
-        }
+        return self._history.listing(query)

@@ -11,7 +11,7 @@ import anyio
 import httpx
 import pytest
 
-from cobalt_async import WebhookReceiver, verify_webhook
+from cobalt_async import InMemorySink, WebhookReceiver, verify_webhook
 from cobalt_async._errors import ConfigurationError
 from cobalt_async.models import (
     TaskCreatedEvent,
@@ -407,7 +407,7 @@ async def test_receiver_status_drives_the_single_retry(
 async def test_receiver_slower_than_the_timeout_is_not_retried(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("cobalt_async.testing._fake._FIRST_TIMEOUT", 0.05)
+    monkeypatch.setattr("cobalt_async.testing._delivery.FIRST_TIMEOUT", 0.05)
     calls: list[int] = []
 
     class SlowReceiver:
@@ -568,7 +568,6 @@ async def test_webhook_events_paginate_and_sort() -> None:
                 for page in (1, 2, 3)
             ]
             ascending = await http.get("/webhook-events", params={"sort": "created_at"})
-            clamped = await http.get("/webhook-events", params={"page_size": 500})
     finished = [event["id"] for event in fake.events]
     newest_first = [item["event_id"] for page in pages for item in page["webhook_events"]]
     assert newest_first == finished[::-1]
@@ -576,10 +575,20 @@ async def test_webhook_events_paginate_and_sort() -> None:
         "current_page": 3, "total_pages": 3, "total_count": 5, "page_size": 2
     }  # fmt: skip
     assert [item["event_id"] for item in ascending.json()["webhook_events"]] == finished
-    assert clamped.json()["pagination"]["page_size"] == 100
 
 
-@pytest.mark.parametrize("params", [{"page": "0"}, {"page_size": "x"}, {"sort": "created"}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"page": "0"},
+        {"page_size": "x"},
+        {"page_size": "101"},  # Cobalt documents 100 as the most, so does the fake
+        {"sort": "created"},
+        {"delivery_status": "pending"},  # the older `status` filter takes pending; this not
+        {"start_date": "2026-1-2"},
+        {"end_date": "yesterday"},
+    ],
+)
 async def test_webhook_events_bad_query_answers_400(params: dict[str, str]) -> None:
     with anyio.fail_after(LIMIT):
         async with running() as (_, http):
@@ -759,3 +768,59 @@ def test_signed_delivery_matches_cobalt() -> None:
         "webhook-timestamp": "2025-01-01T00:00:00Z",
         "webhook-attempt": "2",
     }
+
+
+@pytest.mark.parametrize(
+    "name", ["subject", "assignee_user_id", "phone_call_type_id", "notify_list"]
+)
+async def test_null_for_an_optional_task_field_is_a_400_like_any_wrong_type(name: str) -> None:
+    """Cobalt's documents: an optional field is left out, not sent as null."""
+    with anyio.fail_after(LIMIT):
+        async with running() as (fake, http):
+            response = await http.post("/tasks", json={**TASK, name: None})
+    assert (400, 0) == (response.status_code, fake.stats.tasks_accepted)
+
+
+async def test_webhook_events_filter_by_day_and_delivery_status() -> None:
+    """start_date and end_date are inclusive days; delivery_status takes success or failed."""
+    with anyio.fail_after(LIMIT):
+        async with running() as (fake, http):
+            await create_task(http)  # no webhook registered: its delivery "failed"
+            await fake.drain()
+            today = fake.events[0]["created"][:10]
+
+            async def count(**params: str) -> int:
+                answer = (await http.get("/webhook-events", params=params)).json()
+                return int(answer["pagination"]["total_count"])
+
+            counts = [
+                await count(start_date=today, end_date=today),
+                await count(start_date="2999-01-01"),
+                await count(end_date="2000-01-01"),
+                await count(delivery_status="failed"),
+                await count(delivery_status="success"),
+            ]
+    assert [1, 0, 0, 1, 0] == counts
+
+
+async def test_knobs_changed_while_running_take_effect() -> None:
+    """The receiver, the retry pause, the record shape and the history bound, mid-run."""
+    first, second = InMemorySink(), InMemorySink()
+    with anyio.fail_after(LIMIT):
+        async with running() as (fake, http):
+            fake.receiver = WebhookReceiver(first, secrets=[fake.webhook_secret])
+            one = await create_task(http)
+            await fake.drain()
+            fake.receiver = WebhookReceiver(second, secrets=[fake.webhook_secret])
+            fake.record_shape = "old"
+            two = await create_task(http)
+            await fake.drain()
+            listed = (await http.get("/webhook-events")).json()["webhook_events"]
+            fake.max_events = 1
+            three = await create_task(http)
+            await fake.drain()
+    ids = [str(answer["job_id"]) for answer in (one, two, three)]
+    assert list(await first.get_outcomes(ids)) == ids[:1]
+    assert list(await second.get_outcomes(ids)) == ids[1:]
+    assert all("status" in item and "delivery_status" not in item for item in listed)
+    assert [ids[2]] == [event["job_id"] for event in fake.events]
