@@ -87,6 +87,8 @@ class CobaltClient:
             job_timeout=job_timeout,
         )
         self.tasks = Tasks(self._requester, self.jobs)
+        if self.sink.authority is None:
+            self.sink.authority = self.jobs.first_terminal_event
         self._sink_entered = False
 
     def __repr__(self) -> str:

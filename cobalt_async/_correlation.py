@@ -201,14 +201,15 @@ class Correlator:
         try:
             await self._sink.remove_pending(job_id)
         except SinkUnavailableError as exc:
-            logger.warning("job %s not removed from the pending registry: %s", job_id, exc)
+            # The sink reports its outage once; a line per finished wait would be thousands.
+            logger.debug("job %s not removed from the pending registry: %s", job_id, exc)
 
     async def _read_store(self, job_id: str) -> None:
         try:
             await self.recheck([job_id])
         except SinkUnavailableError as exc:
             # The sink will be re-read on reconnect, and the backstop still polls Cobalt.
-            logger.warning("store read for job %s failed, waiting on: %s", job_id, exc)
+            logger.debug("store read for job %s failed, waiting on: %s", job_id, exc)
 
     def _add_timer(self, when: float, job_id: str) -> None:
         earliest = self._timers[0][0] if self._timers else math.inf

@@ -146,7 +146,7 @@ class Jobs:
         return self._sink.wait_for(
             job_id,
             timeout=self._job_timeout if isinstance(timeout, NotGiven) else timeout,
-            backstop=self._poll,
+            backstop=self.first_terminal_event,
             policy=self._poll_policy,
             webhooks_expected=self._webhooks_expected,
         )
@@ -157,9 +157,10 @@ class Jobs:
         try:
             await self._sink.add_pending(job)
         except SinkUnavailableError as exc:
-            logger.warning("job %s not recorded as pending: %s", handle.job_id, exc)
+            logger.debug("job %s not recorded as pending: %s", handle.job_id, exc)  # see the sink's
 
-    async def _poll(self, job_id: str) -> JobEvent | None:
+    async def first_terminal_event(self, job_id: str) -> JobEvent | None:
+        """Cobalt's first terminal event for *job_id*, or ``None`` (also once closed)."""
         if self._requester.closed:
             return None
         return await self._webhook_events.find_outcome(job_id)

@@ -54,6 +54,12 @@ class StoreStats(NamedTuple):
     """Times the wake-up channel reconnected (each followed by a re-read)."""
     unclaimed: int = 0
     """Outcomes that expired before any wait in this process read them."""
+    outages: int = 0
+    """Times the store stopped answering (each logged once as it starts, once as it ends)."""
+    failed_commands: int = 0
+    """Store commands that failed, over all outages."""
+    data_losses: int = 0
+    """Times the store was found to have lost what it held (a restart without persistence)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +82,12 @@ class SinkStats:
     """``GET /v1/webhook-events`` polls made by waiters."""
     unclaimed: int = 0
     """Outcomes that expired before any wait in this process read them."""
+    outages: int = 0
+    """Times the store stopped answering (each logged once as it starts, once as it ends)."""
+    failed_commands: int = 0
+    """Store commands that failed, over all outages."""
+    data_losses: int = 0
+    """Times the store was found to have lost what it held (a restart without persistence)."""
 
 
 class Sink(abc.ABC):
@@ -100,6 +112,11 @@ class Sink(abc.ABC):
         self._users = 0
         self._task_group: TaskGroup | None = None
         self._correlator = Correlator(self, keeps_registry=self.keeps_registry)
+        self.authority: Backstop | None = None
+        """
+        Asks Cobalt for a job's first terminal event: what a sink that lost its data settles
+        conflicts by. ``CobaltClient`` sets it to its own when the sink has none.
+        """
         self._duplicates = 0
         self._conflicts = 0
 
@@ -162,7 +179,7 @@ class Sink(abc.ABC):
         self._correlator.resolve(job_id, kept or outcome)
         if kept is None:
             return "accepted"
-        if _same_event(kept.event, job_event):
+        if same_event(kept.event, job_event):
             self._duplicates += 1
             return "duplicate"
         self._conflicts += 1
@@ -209,6 +226,9 @@ class Sink(abc.ABC):
             reconnects=store.reconnects,
             backstop_polls=self._correlator.backstop_polls,
             unclaimed=store.unclaimed,
+            outages=store.outages,
+            failed_commands=store.failed_commands,
+            data_losses=store.data_losses,
         )
 
     # The pending registry; only durable sinks keep one.
@@ -258,7 +278,8 @@ class Sink(abc.ABC):
         """Release connections (background tasks stop when the last user leaves)."""
 
 
-def _same_event(first: JobEvent, second: JobEvent) -> bool:
+def same_event(first: JobEvent, second: JobEvent) -> bool:
+    """Whether two terminal events are one: the same id, or the same type and data."""
     if first.id is not None and first.id == second.id:
         return True
     return first.type == second.type and first.data == second.data

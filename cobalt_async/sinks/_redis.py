@@ -25,20 +25,22 @@ import logging
 import math
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
 import redis.asyncio as redis
 from anyio.abc import TaskGroup
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import AskError, MovedError, RedisError
 
 from .._errors import ConfigurationError, SinkUnavailableError
 from .._outcome import Outcome, PendingJob
 from ..models import JobEvent, parse_event
-from ._base import Sink, StoreStats
+from ._base import Sink, StoreStats, same_event
 
 logger = logging.getLogger("cobalt_async.sinks.redis")
 
@@ -50,6 +52,26 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
 end
 return redis.call('GET', KEYS[1])
 """
+# The pending registry's hash and its expiry index, changed together (a script, not MULTI:
+# the same on a single server and on Cluster, where all keys share one slot).
+_REGISTER = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+"""
+_FORGET = """
+redis.call('HDEL', KEYS[1], unpack(ARGV))
+redis.call('ZREM', KEYS[2], unpack(ARGV))
+"""
+_SCHEMES = ("redis", "rediss", "unix")
+# What a dedicated listener connection copies of the commands' connections: the address and
+# the credentials, never their pools, retries or timeouts.
+_ADDRESS = frozenset({"host", "port", "db", "path", "username", "password", "client_name"})
+_NOT_THE_SLOT_OWNER = (
+    "this Redis is a node of a Redis Cluster that does not own the namespace's keys: "
+    "use RedisSink(url, cluster=True)"
+)
+
+AnyRedis = redis.Redis | RedisCluster
 
 
 class RedisSink(Sink):
@@ -65,8 +87,10 @@ class RedisSink(Sink):
 
     def __init__(
         self,
-        url: str = "redis://127.0.0.1:6379/0",
+        url: str | None = None,
         *,
+        cluster: bool = False,
+        client: AnyRedis | None = None,
         namespace: str = "cobalt",
         outcome_ttl: float = 86_400.0,
         dedup_ttl: float = 86_400.0,
@@ -78,6 +102,12 @@ class RedisSink(Sink):
     ) -> None:
         """
         Args:
+            url: ``redis://``, ``rediss://`` or ``unix://``; ``redis://127.0.0.1:6379/0``
+                when neither it nor *client* is given. With ``cluster=True``, any node's.
+            cluster: Talk to a Redis Cluster through redis-py's cluster client.
+            client: A redis-py asyncio client you already hold (``Redis`` or
+                ``RedisCluster``), instead of *url*; it stays yours to close. The listener
+                opens one connection of its own to the same server, with the same credentials.
             command_timeout: Seconds one store command may take in all, waiting for a pooled
                 connection and retries included, before it fails with
                 ``SinkUnavailableError``: keep it under the receiver's ``publish_timeout``.
@@ -90,6 +120,9 @@ class RedisSink(Sink):
             raise ConfigurationError(msg)
         if max_connections < 1 or block_ms < 1:
             msg = "RedisSink max_connections and block_ms must be at least 1"
+            raise ConfigurationError(msg)
+        if client is not None and (url is not None or cluster):
+            msg = "pass client= alone: its settings say where Redis is, and if it is a cluster"
             raise ConfigurationError(msg)
         super().__init__()
         self.url = url
@@ -104,24 +137,27 @@ class RedisSink(Sink):
         self._stream = f"{self._prefix}:events"
         self._pending_key = f"{self._prefix}:pending"
         self._expiry_key = f"{self._prefix}:pending:exp"
-        # Commands fail fast, so that a receiver can answer 503 within Cobalt's window.
-        pool = redis.ConnectionPool.from_url(
-            url,
-            # _call admits at most max_connections commands, so the pool never runs out
-            # (it would raise, not wait); the margin is for connections being released.
-            max_connections=max_connections + 2,
-            socket_timeout=command_timeout,
-            socket_connect_timeout=command_timeout,
-            # The asyncio Retry: redis.retry.Retry would not await, so would not retry.
-            retry=Retry(ExponentialWithJitterBackoff(cap=0.2, base=0.02), 2),
+        self._owns_client = client is None
+        self._redis: AnyRedis = client or _connect(
+            url or "redis://127.0.0.1:6379/0",
+            cluster=cluster,
+            max_connections=max_connections,
+            command_timeout=command_timeout,
         )
-        self._redis = redis.Redis.from_pool(pool)
+        self.cluster = isinstance(self._redis, RedisCluster)
         self._publish_script = self._redis.register_script(_PUBLISH)
+        self._register_script = self._redis.register_script(_REGISTER)
+        self._forget_script = self._redis.register_script(_FORGET)
         self._admission = anyio.Semaphore(max_connections)
         self._commands: set[asyncio.Task[Any]] = set()
         self._armed = anyio.Event()
         self._reread = anyio.Event()
         self._reconnects = 0
+        self._outage = _Outage()
+        self._epoch_key = f"{self._prefix}:epoch"
+        self._epoch: bytes | None = None
+        self._data_losses = 0
+        self._lost_at: float | None = None
 
     def __repr__(self) -> str:
         return f"<RedisSink namespace={self.namespace!r} pending={self._correlator.pending}>"
@@ -148,6 +184,28 @@ class RedisSink(Sink):
         }
 
     async def put_if_absent(self, job_id: str, outcome: Outcome) -> Outcome | None:
+        first = await self._first_by_cobalt(job_id, outcome)
+        if first is not None:
+            # Stored as Cobalt's first, and answered as what was kept: the arriving event
+            # is then a duplicate of it, or a conflict with it.
+            return await self._store(job_id, first) or first
+        return await self._store(job_id, outcome)
+
+    async def _first_by_cobalt(self, job_id: str, outcome: Outcome) -> Outcome | None:
+        """After a data loss, Cobalt's first terminal event for the job, if another one."""
+        lost_at, authority = self._lost_at, self.authority
+        if lost_at is None or authority is None or time.time() - lost_at > self.outcome_ttl:
+            return None
+        try:
+            earliest = await authority(job_id)
+        except Exception as exc:  # Cobalt down too: arrival order, as without a loss
+            logger.warning("job %s: Cobalt's record unreadable after a data loss: %s", job_id, exc)
+            return None
+        if earliest is None or same_event(earliest, outcome.event):
+            return None
+        return Outcome(earliest, "poll")
+
+    async def _store(self, job_id: str, outcome: Outcome) -> Outcome | None:
         keys = [self._out_key(job_id), self._stream]
         args = [_encode(outcome), self.outcome_ttl, self.stream_maxlen, job_id]
         existing = await self._call(self._publish_script, keys=keys, args=args)
@@ -158,7 +216,12 @@ class RedisSink(Sink):
         return bool(await self._call(self._redis.set, seen_key, b"1", nx=True, ex=self.dedup_ttl))
 
     def store_stats(self) -> StoreStats:
-        return StoreStats(reconnects=self._reconnects)
+        return StoreStats(
+            reconnects=self._reconnects,
+            outages=self._outage.outages,
+            failed_commands=self._outage.failed_commands,
+            data_losses=self._data_losses,
+        )
 
     async def _call(self, command: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
         """
@@ -175,23 +238,23 @@ class RedisSink(Sink):
                 task = asyncio.ensure_future(command(*args, **kwargs))
                 self._commands.add(task)
                 task.add_done_callback(self._command_done)
-                return await asyncio.shield(task)
+                result = await asyncio.shield(task)
+        except (MovedError, AskError) as exc:
+            self._outage.failed(_NOT_THE_SLOT_OWNER)
+            raise SinkUnavailableError(_NOT_THE_SLOT_OWNER) from exc
         except (RedisError, OSError) as exc:
             # OSError includes TimeoutError, raised by fail_after.
-            msg = f"Redis is unreachable ({type(exc).__name__})"
-            raise SinkUnavailableError(msg) from exc
+            reason = f"Redis is unreachable ({type(exc).__name__})"
+            self._outage.failed(reason)
+            raise SinkUnavailableError(reason) from exc
+        self._outage.answered()
+        return result
 
     def _command_done(self, task: asyncio.Task[Any]) -> None:
         self._commands.discard(task)
         self._admission.release()
         if not task.cancelled():
             task.exception()  # retrieved: a caller that gave up must not leave it unseen
-
-    async def _transaction(self, *commands: tuple[str, Any]) -> Any:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for name, args in commands:
-                getattr(pipe, name)(*args)
-            return await pipe.execute()
 
     # Pending registry.
 
@@ -200,18 +263,15 @@ class RedisSink(Sink):
             {"kind": job.kind, "submitted_at": job.submitted_at, "deadline": job.deadline}
         )
         forget_at = job.submitted_at + self.outcome_ttl
-        await self._call(
-            self._transaction,
-            ("hset", (self._pending_key, job.job_id, entry)),
-            ("zadd", (self._expiry_key, {job.job_id: forget_at})),
-        )
+        keys = [self._pending_key, self._expiry_key]
+        await self._call(self._register_script, keys=keys, args=[job.job_id, entry, forget_at])
 
     async def remove_pending(self, job_id: str) -> None:
-        await self._call(
-            self._transaction,
-            ("hdel", (self._pending_key, job_id)),
-            ("zrem", (self._expiry_key, job_id)),
-        )
+        await self._forget_pending([job_id])
+
+    async def _forget_pending(self, job_ids: Sequence[str | bytes]) -> None:
+        keys = [self._pending_key, self._expiry_key]
+        await self._call(self._forget_script, keys=keys, args=list(job_ids))
 
     async def list_pending(self) -> list[PendingJob]:
         await self._forget_expired()
@@ -222,11 +282,7 @@ class RedisSink(Sink):
     async def _forget_expired(self) -> None:
         expired = await self._call(self._redis.zrangebyscore, self._expiry_key, "-inf", time.time())
         if expired:
-            await self._call(
-                self._transaction,
-                ("hdel", (self._pending_key, *expired)),
-                ("zrem", (self._expiry_key, *expired)),
-            )
+            await self._forget_pending(expired)
 
     # Wake-ups: one listener per process.
 
@@ -251,30 +307,43 @@ class RedisSink(Sink):
             # Commands whose callers gave up finish under their socket timeouts first.
             with anyio.move_on_after(3 * self.command_timeout):
                 await asyncio.gather(*self._commands, return_exceptions=True)
-            await self._redis.aclose()
+            if self._owns_client:
+                await self._redis.aclose()
 
-    def _listener_client(self) -> redis.Redis:
+    async def _listener_client(self) -> redis.Redis:
         # One dedicated connection and no retries: every disconnect reaches _listen, which
         # throws the client away, so no reconnect can happen without a re-read after it.
-        return redis.Redis.from_url(
-            self.url,
-            single_connection_client=True,
-            socket_timeout=self.block_ms / 1000 + 5,
-            socket_connect_timeout=max(self.command_timeout, 2.0),
-            retry=Retry(NoBackoff(), 0),
-        )
+        timeouts = {
+            "timeout": self.block_ms / 1000 + 5,
+            "connect_timeout": max(self.command_timeout, 2.0),
+        }
+        if isinstance(self._redis, RedisCluster):
+            # To the node that owns the namespace's slot, found anew at each reconnect.
+            await self._redis.initialize()
+            node = self._redis.get_node_from_key(self._stream)
+            if node is None:
+                msg = "the cluster has no node for the namespace's slot"
+                raise RedisError(msg)
+            settings = {**node.connection_kwargs, "host": node.host, "port": node.port}
+            return _dedicated(node.connection_class, settings, **timeouts)
+        pool = self._redis.connection_pool
+        return _dedicated(pool.connection_class, pool.connection_kwargs, **timeouts)
 
     async def _listen(self) -> None:
         cursor: bytes | None = None
         failures = 0
         while True:
-            listener = self._listener_client()
+            listener: redis.Redis | None = None
             try:
+                listener = await self._listener_client()
                 if cursor is None:
                     cursor = await self._pin_cursor(listener)
                     self._armed.set()
                 else:
                     await listener.ping()
+                if await self._lost_data(listener):
+                    cursor = b"0-0"  # the stream went with the rest: read the new one whole
+                    self._reread.set()
                 if failures:
                     # Reconnected: whatever the stream no longer holds is in the store.
                     self._reconnects += 1
@@ -289,7 +358,10 @@ class RedisSink(Sink):
                     cursor = b"0-0"
                     self._armed.set()
                 failures += 1
-                if not isinstance(exc, RedisError | OSError):
+                if isinstance(exc, MovedError | AskError):
+                    if failures == 1:
+                        logger.error("Redis listener: %s", _NOT_THE_SLOT_OWNER)
+                elif not isinstance(exc, RedisError | OSError):
                     logger.exception("Redis listener failed, reconnecting")
                 elif failures == 1:
                     logger.warning("Redis listener disconnected (%s), reconnecting", exc)
@@ -297,8 +369,33 @@ class RedisSink(Sink):
                     logger.debug("Redis listener still disconnected (%s)", exc)
                 await anyio.sleep(_backoff(failures))
             finally:
-                with anyio.CancelScope(shield=True):
-                    await _close_quietly(listener)
+                if listener is not None:
+                    with anyio.CancelScope(shield=True):
+                        await _close_quietly(listener)
+
+    async def _lost_data(self, listener: redis.Redis) -> bool:
+        """
+        Whether Redis lost the namespace since this process last looked.
+
+        A marker written when a namespace is first used, and read at every (re)connect: a
+        Redis restarted without persistence, or failed over to a replica that had not
+        received it, no longer holds the one this process saw.
+        """
+        await listener.set(self._epoch_key, uuid.uuid4().hex, nx=True)
+        epoch: Any = await listener.get(self._epoch_key)
+        lost = self._epoch is not None and epoch != self._epoch
+        self._epoch = epoch
+        if lost:
+            self._data_losses += 1
+            self._lost_at = time.time()
+            logger.warning(
+                "Redis lost the stored outcomes of namespace %r (restarted without persistence, "
+                "or failed over?): for %d s, a terminal event is checked against Cobalt's "
+                "record before it is stored",
+                self.namespace,
+                self.outcome_ttl,
+            )
+        return lost
 
     async def _pin_cursor(self, listener: redis.Redis) -> bytes:
         # Everything after this id will be read: pinning it before any wait registers is
@@ -339,6 +436,79 @@ class RedisSink(Sink):
                     logger.exception("re-reading pending jobs failed")
                 self._reread.set()
                 await anyio.sleep(_backoff(failures))
+
+
+class _Outage:
+    """Counts the commands an outage failed, and logs it twice: as it starts and ends."""
+
+    def __init__(self) -> None:
+        self.outages = 0
+        self.failed_commands = 0
+        self._started: float | None = None
+        self._failed_in_this_one = 0
+
+    def failed(self, reason: str) -> None:
+        self.failed_commands += 1
+        self._failed_in_this_one += 1
+        if self._started is None:
+            self._started = time.monotonic()
+            self.outages += 1
+            logger.warning("%s; its commands fail until it answers again", reason)
+
+    def answered(self) -> None:
+        if self._started is not None:
+            seconds = time.monotonic() - self._started
+            logger.warning(
+                "Redis answers again after %.1f s; %d command(s) failed meanwhile",
+                seconds,
+                self._failed_in_this_one,
+            )
+            self._started = None
+            self._failed_in_this_one = 0
+
+
+def _connect(url: str, *, cluster: bool, max_connections: int, command_timeout: float) -> AnyRedis:
+    """The commands' client: it fails fast, so that a receiver can answer 503 in time."""
+    scheme = url.partition("://")[0]
+    if "://" not in url or scheme not in _SCHEMES:
+        msg = f"RedisSink needs a redis://, rediss:// or unix:// URL, got one starting {scheme!r}"
+        raise ConfigurationError(msg)
+    options: dict[str, Any] = {
+        # _call admits at most max_connections commands, so the pool never runs out (it
+        # would raise, not wait); the margin is for connections being released.
+        "max_connections": max_connections + 2,
+        "socket_timeout": command_timeout,
+        "socket_connect_timeout": command_timeout,
+        # The asyncio Retry: redis.retry.Retry would not await, so would not retry.
+        "retry": Retry(ExponentialWithJitterBackoff(cap=0.2, base=0.02), 2),
+    }
+    try:
+        if cluster:
+            return RedisCluster.from_url(url, **options)
+        return redis.Redis.from_pool(redis.ConnectionPool.from_url(url, **options))
+    except ValueError as exc:
+        msg = f"RedisSink cannot use this URL: {exc}"
+        raise ConfigurationError(msg) from None
+
+
+def _dedicated(
+    connection_class: type[Any], settings: dict[str, Any], *, timeout: float, connect_timeout: float
+) -> redis.Redis:
+    """A client of one connection and no retries, to the server *settings* name."""
+    copied = {
+        key: value
+        for key, value in settings.items()
+        if key in _ADDRESS or key.startswith("ssl_") or key == "credential_provider"
+    }
+    pool = redis.ConnectionPool(
+        connection_class=connection_class,
+        max_connections=1,
+        socket_timeout=timeout,
+        socket_connect_timeout=connect_timeout,
+        retry=Retry(NoBackoff(), 0),
+        **copied,
+    )
+    return redis.Redis.from_pool(pool)
 
 
 async def _close_quietly(client: redis.Redis) -> None:
