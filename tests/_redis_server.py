@@ -6,7 +6,7 @@ A pytest plugin that runs real ``redis-server`` processes for the Redis sink tes
 Both listen on a free loopback port, keep an append-only file fsynced on every write in a
 private ``--dir``, and are always stopped on teardown. Without a ``redis-server`` binary
 the tests are skipped, except under ``CI=true``, where they fail: a missing install step
-must not pass as green (correlation.md §6.6).
+must not pass as green.
 """
 
 from __future__ import annotations
@@ -43,9 +43,13 @@ def redis_server_binary() -> str:
 class RedisServer:
     """One ``redis-server`` process on a fixed loopback port and data directory."""
 
-    def __init__(self, binary: str, directory: Path) -> None:
+    def __init__(
+        self, binary: str, directory: Path, *, persistent: bool = True, cluster: bool = False
+    ) -> None:
         self.binary = binary
         self.dir = directory
+        self.persistent = persistent
+        self.cluster = cluster
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
@@ -74,11 +78,13 @@ class RedisServer:
             "--port", str(self.port),
             "--dir", str(self.dir),
             "--save", "",
-            "--appendonly", "yes",
+            "--appendonly", "yes" if self.persistent else "no",
             "--appendfsync", "always",
             "--daemonize", "no",
             "--logfile", str(self.log_path),
         ]  # fmt: skip
+        if self.cluster:
+            command += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         self.process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
         )
@@ -166,6 +172,19 @@ def fresh_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     directory = tmp_path / "redis"
     directory.mkdir()
     yield from _serve(directory)
+
+
+@pytest.fixture
+def volatile_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server without persistence: a restart empties it, as a crash of such a one does."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(redis_server_binary(), directory, persistent=False)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

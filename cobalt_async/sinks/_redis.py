@@ -35,7 +35,7 @@ from anyio.abc import TaskGroup
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
-from redis.exceptions import AskError, MovedError, RedisError
+from redis.exceptions import AskError, MovedError, RedisClusterException, RedisError
 
 from .._errors import ConfigurationError, SinkUnavailableError
 from .._outcome import Outcome, PendingJob
@@ -72,6 +72,8 @@ _NOT_THE_SLOT_OWNER = (
 )
 
 AnyRedis = redis.Redis | RedisCluster
+# What a failing Redis raises: the cluster client's own errors are no RedisError.
+_FAILURES = (RedisError, RedisClusterException, OSError)
 
 
 class RedisSink(Sink):
@@ -242,7 +244,7 @@ class RedisSink(Sink):
         except (MovedError, AskError) as exc:
             self._outage.failed(_NOT_THE_SLOT_OWNER)
             raise SinkUnavailableError(_NOT_THE_SLOT_OWNER) from exc
-        except (RedisError, OSError) as exc:
+        except _FAILURES as exc:
             # OSError includes TimeoutError, raised by fail_after.
             reason = f"Redis is unreachable ({type(exc).__name__})"
             self._outage.failed(reason)
@@ -361,7 +363,7 @@ class RedisSink(Sink):
                 if isinstance(exc, MovedError | AskError):
                     if failures == 1:
                         logger.error("Redis listener: %s", _NOT_THE_SLOT_OWNER)
-                elif not isinstance(exc, RedisError | OSError):
+                elif not isinstance(exc, _FAILURES):
                     logger.exception("Redis listener failed, reconnecting")
                 elif failures == 1:
                     logger.warning("Redis listener disconnected (%s), reconnecting", exc)
