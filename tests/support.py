@@ -230,7 +230,7 @@ class HangingSink(InMemorySink):
         raise AssertionError("unreachable")
 
 
-# -- the receiver table of design §5, for the ASGI app and the FastAPI router ----------------
+# -- the receiver table of docs/webhooks.md, for the ASGI app and the FastAPI router --------
 
 LIMIT = 1 << 20
 CHUNK = 1 << 16
@@ -256,7 +256,7 @@ def _tampered(event: dict[str, Any]) -> Delivery:
 
 
 def _pretty(event: dict[str, Any]) -> Delivery:
-    # Signed over the compact form but sent indented: verified by re-serialising (design §5).
+    # Signed over the compact form but sent indented: verified by re-serialising (docs/webhooks.md).
     body, headers = signed_delivery(event, SECRET)
     return json.dumps(event, indent=2).encode(), headers
 

@@ -1,4 +1,4 @@
-"""The pure ASGI webhook app: every row of design §5, driven in-process on asyncio and trio."""
+"""The pure ASGI webhook app: every row of docs/webhooks.md, in-process on asyncio and trio."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ async def _deliver_once(receiver: WebhookReceiver) -> httpx.Response:
 async def test_receiver_table(
     case: Case, http: httpx.AsyncClient, sink: InMemorySink, hooked: list[Event]
 ) -> None:
-    """Each row of design §5 gets its status, a bare result body, and stores what it should."""
+    """Each row of docs/webhooks.md: its status, a bare result body, and what it stores."""
 
     async def post(body: bytes, headers: dict[str, str]) -> httpx.Response:
         return await http.post("/", content=body, headers=headers)

@@ -1,5 +1,5 @@
 """
-The correlation protocol and invariants I1-I4 (reference/correlation.md §1, §6.6 items 1, 8).
+The correlation protocol and invariants I1-I4 (docs/correlation.md).
 
 I1 no lost wake-up, I2 one consistent outcome, I3 bounded memory, I4 detach is not cancel.
 """

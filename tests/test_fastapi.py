@@ -1,4 +1,4 @@
-"""FastAPI wiring: the webhook router (design §5 again), the lifespan, the dependency, examples."""
+"""FastAPI wiring: the webhook router (docs/webhooks.md), the lifespan, the dependency, examples."""
 
 from __future__ import annotations
 
@@ -93,12 +93,12 @@ def poster(http: httpx.AsyncClient) -> Callable[[bytes, dict[str, str]], Any]:
     return post
 
 
-# -- the webhook route: every row of design §5 -------------------------------------------------
+# -- the webhook route: every row of docs/webhooks.md ----------------------------------------
 
 
 @pytest.mark.parametrize("case", DELIVERY_CASES, ids=lambda case: case.id)
 async def test_receiver_table(case: Case) -> None:
-    """Each row of design §5 gets its status through the router, as through the ASGI app."""
+    """Each row of docs/webhooks.md gets its status through the router, as through the ASGI app."""
     sink, hooked = InMemorySink(), list[Event]()
     app = make_app(sink=sink, webhook_secrets=[SECRET], on_event=hooked.append)
 

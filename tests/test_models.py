@@ -271,7 +271,7 @@ class TestResponses:
 
 
 class TestEventFromRecord:
-    """event_from_record(): both record shapes of GET /v1/webhook-events (cobalt-api.md §7.2)."""
+    """event_from_record(): both record shapes of GET /v1/webhook-events."""
 
     def test_newer_record_shape(self) -> None:
         """event_id, event_type and created_at map onto the event envelope."""

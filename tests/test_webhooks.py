@@ -1,4 +1,4 @@
-"""WebhookReceiver, verify_webhook and sign_webhook: design §5 row by row, and Cobalt's §6.4."""
+"""WebhookReceiver, verify_webhook and sign_webhook: docs/webhooks.md row by row."""
 
 from __future__ import annotations
 
@@ -472,7 +472,7 @@ class TestUnauthorized:
 
 
 class TestSignatures:
-    """Cobalt's scheme (cobalt-api.md §6.4): hex HMAC-SHA256 of JSON.stringify(payload)."""
+    """Cobalt's scheme (docs/webhooks.md): hex HMAC-SHA256 of JSON.stringify(payload)."""
 
     def test_sign_webhook_matches_node_known_answer(self) -> None:
         """sign_webhook() of a non-ASCII payload equals the hex Node computed for it."""
@@ -703,7 +703,7 @@ class TestTooLarge:
         assert 200 == receipt.status_code
 
     def test_default_limit_is_one_mebibyte(self, receiver: WebhookReceiver) -> None:
-        """The default size limit is 1 MiB, as design §5 states."""
+        """The default size limit is 1 MiB, as docs/webhooks.md states."""
         assert 1024 * 1024 == receiver.max_body_bytes
 
 

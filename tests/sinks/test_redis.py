@@ -1,7 +1,7 @@
 """
 RedisSink against a real redis-server: the store, wake-ups, the pending registry, and the
-invariants of correlation.md §1 under faults (connection kills, server crashes, worker
-crashes, Redis down at webhook time), across real processes (correlation.md §6.6).
+invariants of docs/correlation.md under faults (connection kills, server crashes, worker
+crashes, Redis down at webhook time), across real processes (docs/correlation.md).
 
 Every test is bounded by ``anyio.fail_after``; every server and process is stopped in
 ``finally``. Synchronisation is by events, replies and deadlines, never by sleeping.
@@ -55,7 +55,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 SECRET = "whsec_redis_tests"
 WORKER = Path(__file__).with_name("_redis_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
-# Registrations and deliveries are spread over this many seconds. correlation.md §5 used 2 s;
+# Registrations and deliveries are spread over this many seconds. docs/correlation.md used 2 s;
 # on a 2-CPU runner, 4 workers plus Redis saturate at 2 s, and the test is about correctness.
 FAN_OUT_WINDOW = 4.0
 
@@ -701,7 +701,7 @@ def check_fan_out(
                 accepted[attempt["key"]] += 1
             elif 503 in attempt["statuses"]:
                 # A 503 whose script ran all the same (the reply came too late): the
-                # retry finds the outcome stored and answers "duplicate" (correlation.md §5).
+                # retry finds the outcome stored and answers "duplicate" (docs/correlation.md).
                 reply_lost.add(attempt["key"])
     twice = [job_id for job_id, count in awaited.items() if count != 2]
     assert not lost, f"{len(lost)} awaits lost, e.g. {lost[:3]}"
