@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -32,6 +34,7 @@ except ImportError:
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 LIMIT = 20.0
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -83,6 +86,45 @@ async def test_a_webhook_on_one_sink_wakes_a_waiter_on_another(
                 await anyio.wait_all_tasks_blocked()
                 await receiving.publish(created("c2"))
     assert ["c2"] == [outcome.event.job_id for outcome in results]
+
+
+PUBLISHER = """
+import sys
+import anyio
+from cobalt_async import WebhookReceiver
+from cobalt_async.sinks import RedisSink
+from cobalt_async.testing import make_task_created_event, signed_delivery
+
+async def main() -> None:
+    sink = RedisSink(sys.argv[1], cluster=True, namespace=sys.argv[2])
+    body, headers = signed_delivery(make_task_created_event(job_id=sys.argv[3]), "whsec_c")
+    receipt = await WebhookReceiver(sink, secrets=["whsec_c"]).receive(body, headers)
+    await sink.aclose()
+    sys.exit(0 if receipt.status_code == 200 else 1)
+
+anyio.run(main)
+"""
+
+
+async def test_a_webhook_in_another_process_wakes_a_waiter_here(
+    redis_cluster: RedisCluster, redis_namespace: str
+) -> None:
+    """The receiving worker is another process, on another node's URL."""
+    here, there = redis_cluster.urls()[0], redis_cluster.urls()[2]
+    with anyio.fail_after(LIMIT):
+        async with RedisSink(here, cluster=True, namespace=redis_namespace) as sink:
+            results: list[Outcome] = []
+            async with anyio.create_task_group() as task_group:
+
+                async def wait() -> None:
+                    results.append(await sink.wait_for("x1", timeout=15))
+
+                task_group.start_soon(wait)
+                await anyio.wait_all_tasks_blocked()
+                command = [sys.executable, "-c", PUBLISHER, there, redis_namespace, "x1"]
+                done = await anyio.run_process(command, check=False, cwd=ROOT)
+                assert 0 == done.returncode, done.stderr.decode()
+    assert ["x1"] == [outcome.event.job_id for outcome in results]
 
 
 async def test_a_plain_client_on_a_cluster_node_says_pass_cluster_true(
