@@ -466,11 +466,12 @@ class TestInterleavings:
     async def test_failed_store_read_still_lets_a_publish_wake_the_waiter(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """A read that raises SinkUnavailableError is logged; the wake-up still comes."""
+        """A read that raises SinkUnavailableError is logged (at DEBUG: the sink reports its
+        outage itself); the wake-up still comes."""
         sink = GatedSink()
         sink.fail_reads = True
         event = created()
-        with caplog.at_level(logging.WARNING):
+        with caplog.at_level(logging.DEBUG, logger="cobalt_async.correlation"):
             async with held_waiter(sink) as (waiters, index):
                 sink.read_gate.set()
                 await until(lambda: any("store read" in r.getMessage() for r in caplog.records))
