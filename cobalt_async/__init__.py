@@ -25,6 +25,7 @@ from ._errors import (
 )
 from ._handles import JobHandle, JobStatus
 from ._outcome import JobKind
+from ._reconcile import Reconciliation
 from ._signing import sign_webhook, verify_webhook
 from ._version import __version__
 from ._webhooks import Receipt, WebhookReceiver
@@ -68,6 +69,7 @@ __all__ = [
     "PollPolicy",
     "RateLimitError",
     "Receipt",
+    "Reconciliation",
     "RequestValidationError",
     "ServerError",
     "Sink",

@@ -124,6 +124,12 @@ def _add_faults(parser: argparse.ArgumentParser) -> None:
         help="first delivery attempts lost to an HTTP error (Cobalt retries once after 1 s)",
     )
     faults.add_argument(
+        "--lost-answer-rate",
+        type=_rate,
+        default=0.0,
+        help="creates whose job is made but whose answer is lost (a 504): reconciled",
+    )
+    faults.add_argument(
         "--latency",
         type=_positive(float),
         default=0.2,

@@ -16,7 +16,7 @@ from anyio.abc import TaskGroup
 from ._batch import BatchProgress
 from ._client import CobaltClient
 from ._config import PollPolicy
-from ._errors import CobaltError, JobFailedError, JobTimeoutError
+from ._errors import APIError, CobaltError, JobFailedError, JobTimeoutError
 from ._handles import JobHandle, JobStatus
 from ._servers import fake_from_args, serve
 from ._webhooks import WebhookReceiver
@@ -40,6 +40,10 @@ class _Tally:
     lost: list[str] = field(default_factory=list)
     via: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
+    reconciled: int = 0
+    """Creates whose answer was lost, found again in Cobalt's record."""
+    unreconciled: int = 0
+    """Creates whose answer was lost and that were not found by the deadline."""
 
     def settle(self, handle: JobHandle[Any], expected_failures: set[str]) -> None:
         if handle.status is JobStatus.SUCCEEDED:
@@ -101,6 +105,7 @@ class _Pipeline:
         *,
         concurrency: int,
         deadline: float,
+        patience: float,
     ) -> None:
         self.client = client
         self.fake = fake
@@ -108,6 +113,8 @@ class _Pipeline:
         self.progress = progress
         self.deadline = deadline
         self.note_slots = anyio.CapacityLimiter(concurrency)
+        self.lost_answers: list[APIError] = []
+        self.patience = patience
 
     async def follow(self, handle: JobHandle[Any]) -> None:
         """Wait for *handle* until the deadline; a job still unknown then counts as lost."""
@@ -132,6 +139,16 @@ class _Pipeline:
                 note = await self.client.tasks.notes.create(
                     emr_task_id=emr_task_id, note="Called the patient back."
                 )
+            except APIError as exc:
+                if not exc.outcome_unknown:
+                    self.tally.rejected += 1
+                    self.progress.total -= 1
+                    return
+                found = await self.reconcile([exc])
+                if not found:
+                    self.progress.total -= 1
+                    return
+                note = found[0]
             except CobaltError:
                 self.tally.rejected += 1
                 self.progress.total -= 1
@@ -139,11 +156,36 @@ class _Pipeline:
         self.tally.submitted += 1
         await self.follow(note)
 
+    async def reconcile(self, errors: list[APIError]) -> list[JobHandle[Any]]:
+        """
+        Find lost creates in Cobalt's record, looking again as their jobs finish.
+
+        A failed job echoes none of its request, so it cannot be found: after *patience*
+        seconds the rest are reported as not reconciled (never resubmitted).
+        """
+        found: list[JobHandle[Any]] = []
+        delay = 0.25
+        give_up = min(self.deadline, anyio.current_time() + self.patience)
+        while errors and anyio.current_time() + delay < give_up:
+            await anyio.sleep(delay)  # their jobs are still running at Cobalt
+            results = await self.client.jobs.reconcile_many(errors)
+            found += [result.handle for result in results if result.handle is not None]
+            errors = [
+                error for error, result in zip(errors, results, strict=True) if not result.found
+            ]
+            delay = min(2 * delay, 4.0)
+        self.tally.reconciled += len(found)
+        self.tally.unreconciled += len(errors)
+        return found
+
     def on_task(self, task_group: TaskGroup, progress: BatchProgress) -> None:
         self.progress.submitted("tasks", progress)
-        if isinstance(progress.result, JobHandle):
+        result = progress.result
+        if isinstance(result, JobHandle):
             self.tally.submitted += 1
-            task_group.start_soon(self.follow_task, progress.result)
+            task_group.start_soon(self.follow_task, result)
+        elif isinstance(result, APIError) and result.outcome_unknown:
+            self.lost_answers.append(result)  # reconciled once the batch is submitted
         else:
             self.tally.rejected += 1
             self.progress.total -= 2
@@ -179,6 +221,8 @@ async def run_demo(args: argparse.Namespace) -> int:
                         progress,
                         concurrency=args.concurrency,
                         deadline=deadline,
+                        # Long enough for the slowest job to finish and be listed.
+                        patience=5.0 + 3 * args.latency,
                     )
                     await _submit_and_wait(args, pipeline)
     summary = _summary(tally, fake, sink, anyio.current_time() - started)
@@ -202,6 +246,11 @@ async def _submit_and_wait(args: argparse.Namespace, pipeline: _Pipeline) -> Non
             concurrency=args.concurrency,
             on_progress=lambda progress: pipeline.on_task(task_group, progress),
         )
+        found = await pipeline.reconcile(pipeline.lost_answers)
+        pipeline.progress.total -= 2 * (len(pipeline.lost_answers) - len(found))
+        for handle in found:
+            pipeline.tally.submitted += 1
+            task_group.start_soon(pipeline.follow_task, handle)
 
 
 def _percentile(values: list[float], q: int) -> float | None:
@@ -227,6 +276,16 @@ def _summary(tally: _Tally, fake: FakeCobalt, sink: InMemorySink, wall: float) -
         "duplicates": stats.duplicates,
         "backstop_polls": stats.backstop_polls,
         "webhooks_dropped": fake.stats.dropped,
+        "answers_lost": fake.stats.answers_lost,
+        "reconciled": tally.reconciled,
+        "unreconciled": tally.unreconciled,
+        # Jobs Cobalt made beyond those the client knows of: a create sent twice.
+        "duplicate_writes": (
+            fake.stats.tasks_accepted
+            + fake.stats.notes_accepted
+            - tally.submitted
+            - tally.unreconciled
+        ),
         "wall_s": round(wall, 2),
     }
 
@@ -243,6 +302,8 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
         f"failed     {summary['failed']} ({summary['failed_expected']} injected by the simulator)",
         f"lost       {summary['lost']}",
         f"rejected   {summary['rejected']} before submission",
+        f"reconciled {summary['reconciled']} creates whose answer was lost "
+        f"({summary['unreconciled']} not found), {summary['duplicate_writes']} written twice",
         f"resolved   {via or 'none'}",
         f"latency    p50 {latency['p50']} ms, p95 {latency['p95']} ms, p99 {latency['p99']} ms",
         f"duplicates {summary['duplicates']} deliveries ignored",

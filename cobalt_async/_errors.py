@@ -29,11 +29,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .models import FailureReason, JobEvent, MalformedJobEvent
+    from ._outcome import JobKind
+    from .models import (
+        FailureReason,
+        JobEvent,
+        MalformedJobEvent,
+        TaskCreateRequest,
+        TaskNoteCreateRequest,
+    )
 
 _UNKNOWN_OUTCOME_ADVICE = (
     "The request may have reached Cobalt, so the job may exist: do not resubmit blindly. "
-    "Look for its outcome with GET /v1/webhook-events before creating it again."
+    "Find it with `await client.jobs.reconcile(exc)` before creating it again."
 )
 
 
@@ -74,6 +81,12 @@ class APIError(CobaltError):
         self.path = path
         self.status_code = status_code
         self.outcome_unknown = outcome_unknown
+        self.request: TaskCreateRequest | TaskNoteCreateRequest | None = None
+        """For an outcome-unknown create: the request it was about (what reconcile matches)."""
+        self.kind: JobKind | None = None
+        """For an outcome-unknown create: the kind of job it would have made."""
+        self.sent_at: float | None = None
+        """For an outcome-unknown create: Unix time the request was sent."""
         super().__init__(self._describe())
 
     def _describe(self) -> str:

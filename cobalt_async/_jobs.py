@@ -5,18 +5,20 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Coroutine
+from collections import OrderedDict
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal, overload
 
 from pydantic import ValidationError
 
-from ._config import NotGiven, PollPolicy
-from ._errors import ClientClosedError, RequestValidationError, SinkUnavailableError
+from ._config import DEFAULT_JOB_TIMEOUT, NotGiven, PollPolicy
+from ._errors import APIError, ClientClosedError, RequestValidationError, SinkUnavailableError
 from ._handles import JobHandle
 from ._http import Requester, parse_answer
 from ._outcome import JobKind, Outcome, PendingJob
+from ._reconcile import SKEW, Reconciliation, UnknownCreate, settle, terminal_events
 from .models import (
     Event,
     JobEvent,
@@ -119,6 +121,7 @@ class Jobs:
         self._webhooks_expected = webhooks_expected
         self._poll_policy = poll
         self._job_timeout = job_timeout
+        self._known: OrderedDict[str, None] = OrderedDict()
 
     @overload
     def attach(self, job_id: str | int, kind: Literal["task"]) -> JobHandle[TaskCreatedEvent]: ...
@@ -132,6 +135,60 @@ class Jobs:
             msg = f"kind must be 'task' or 'task_note', not {kind!r}"
             raise ValueError(msg)
         return JobHandle(self, str(job_id), kind)
+
+    async def reconcile(self, error: APIError, *, within: float | None = None) -> Reconciliation:
+        """
+        Look in Cobalt's record for the job an outcome-unknown create may have made.
+
+        *error* is the ``APIError`` a ``tasks.create`` or ``tasks.notes.create`` raised with
+        ``outcome_unknown``; *within* is how many seconds after sending to search (the
+        client's ``job_timeout`` by default). Nothing is ever resubmitted.
+
+        Returns:
+            ``found`` (with a resolved, registered ``handle``), ``ambiguous`` (every
+            candidate, none picked) or ``not_found_yet`` (reconcile again later).
+        """
+        (result,) = await self.reconcile_many([error], within=within)
+        return result
+
+    async def reconcile_many(
+        self, errors: Iterable[APIError], *, within: float | None = None
+    ) -> list[Reconciliation]:
+        """:meth:`reconcile` for many errors, in their order, with one walk over the listing."""
+        window = within if within is not None else (self._job_timeout or DEFAULT_JOB_TIMEOUT)
+        items = [_unknown_create(error) for error in errors]
+        if not items:
+            return []
+        start = min(item.sent_at for item in items) - SKEW
+        end = max(item.sent_at for item in items) + window
+        walk = await terminal_events(self._webhook_events, start, end)
+        settled = settle(items, walk, known=self._known, within=window)
+        return [
+            await self._reconciled(item, status, candidates, unattributable, walk.newest)
+            for item, (status, candidates, unattributable) in zip(items, settled, strict=True)
+        ]
+
+    async def _reconciled(
+        self,
+        item: UnknownCreate,
+        status: Literal["found", "not_found_yet", "ambiguous"],
+        candidates: list[JobEvent],
+        unattributable: int,
+        searched_until: float,
+    ) -> Reconciliation:
+        if status != "found":
+            return Reconciliation(status, None, candidates, unattributable, searched_until)
+        event = candidates[0]
+        handle = JobHandle(self, str(event.job_id), item.kind, submitted_at=item.sent_at)
+        await self.track(handle)
+        try:
+            # Stored like a polled outcome, unless its webhook came already: dedup applies,
+            # a later webhook resolves nothing twice, and every process learns it.
+            if not await self._sink.get_outcomes([handle.job_id]):
+                await self._sink.publish(event, via="poll")
+        except SinkUnavailableError as exc:
+            logger.debug("reconciled job %s not stored: %s", handle.job_id, exc)
+        return Reconciliation("found", handle, [event], 0, searched_until)
 
     async def pending(self) -> list[PendingJob]:
         """Submitted jobs whose outcome no process read yet (durable sinks only)."""
@@ -153,6 +210,10 @@ class Jobs:
 
     async def track(self, handle: JobHandle[Any]) -> None:
         """Record a new job in the sink's pending registry; a sink outage loses nothing."""
+        # Known to be someone's already: reconciliation never hands it out again.
+        self._known[handle.job_id] = None
+        if len(self._known) > _MAX_KNOWN:
+            self._known.popitem(last=False)
         job = PendingJob(handle.job_id, handle.kind, time.time(), _deadline(self._job_timeout))
         try:
             await self._sink.add_pending(job)
@@ -165,6 +226,9 @@ class Jobs:
             return None
         return await self._webhook_events.find_outcome(job_id)
 
+
+_MAX_KNOWN = 1_000_000
+"""Job ids accepted through this client that reconciliation skips (oldest forgotten first)."""
 
 MAX_PAGE_SIZE = 100
 """Cobalt's largest page of ``GET /v1/webhook-events``."""
@@ -226,6 +290,17 @@ def _require(condition: bool, field: str, problem: str) -> None:
 
 def _invalid(field: str, problem: str) -> RequestValidationError:
     return RequestValidationError(f"Invalid parameter {field}: {problem}", field=field)
+
+
+def _unknown_create(error: APIError) -> UnknownCreate:
+    request, kind, sent_at = error.request, error.kind, error.sent_at
+    if not error.outcome_unknown or request is None or kind is None or sent_at is None:
+        msg = (
+            "reconcile() takes the APIError of a tasks.create or tasks.notes.create whose "
+            "outcome is unknown (error.outcome_unknown); this one is not"
+        )
+        raise ValueError(msg)
+    return UnknownCreate(kind, request.model_dump(exclude_none=True), sent_at)
 
 
 def _deadline(job_timeout: float | None) -> float | None:

@@ -11,10 +11,11 @@ from typing import ClassVar, Generic, TypeVar, Unpack
 from pydantic import BaseModel
 
 from ._batch import DEFAULT_CONCURRENCY, ProgressCallback, submit_many
-from ._errors import CobaltError
+from ._errors import APIError, CobaltError
 from ._handles import JobHandle
 from ._http import Requester, parse_answer
 from ._jobs import Jobs
+from ._outcome import JobKind
 from ._validation import build_request
 from .models import (
     TaskCreated,
@@ -39,6 +40,7 @@ class _Submitter(abc.ABC, Generic[Request, Params, Answer, E]):
     """One create endpoint: validate, POST once, read the job_id, track the handle."""
 
     path: ClassVar[str]
+    kind: ClassVar[JobKind]
     request_model: type[Request]
     answer_model: type[Answer]
 
@@ -49,8 +51,17 @@ class _Submitter(abc.ABC, Generic[Request, Params, Answer, E]):
     async def submit(self, request: Request) -> JobHandle[E]:
         """Submit an already validated request."""
         body = request.model_dump_json(exclude_none=True).encode()
-        response = await self._requester.post(self.path, body)
-        answer = parse_answer(self.answer_model, response, problem=_NO_JOB_ID, outcome_unknown=True)
+        sent_at = time.time()
+        try:
+            response = await self._requester.post(self.path, body)
+            answer = parse_answer(
+                self.answer_model, response, problem=_NO_JOB_ID, outcome_unknown=True
+            )
+        except APIError as exc:
+            if exc.outcome_unknown:
+                # What client.jobs.reconcile() matches against Cobalt's record.
+                exc.request, exc.kind, exc.sent_at = request, self.kind, sent_at  # type: ignore[assignment]
+            raise
         handle = self._handle(answer)
         await self._jobs.track(handle)
         return handle
@@ -90,6 +101,7 @@ class TaskNotes(
     """``POST /v1/tasks/notes``: append a note to a task in the EHR."""
 
     path = "/tasks/notes"
+    kind = "task_note"
     request_model = TaskNoteCreateRequest
     answer_model = TaskNoteCreated
 
@@ -120,6 +132,7 @@ class Tasks(_Submitter[TaskCreateRequest, TaskCreateParams, TaskCreated, TaskCre
     """``POST /v1/tasks``: create tasks in the EHR; ``notes`` appends notes to them."""
 
     path = "/tasks"
+    kind = "task"
     request_model = TaskCreateRequest
     answer_model = TaskCreated
 

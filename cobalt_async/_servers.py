@@ -66,6 +66,7 @@ def fake_from_args(args: argparse.Namespace, **options: object) -> FakeCobalt:
         early_rate=args.early_rate,
         drop_rate=args.drop_rate,
         delivery_error_rate=args.http_error_rate,
+        lost_answer_rate=args.lost_answer_rate,
         seed=args.seed,
         **options,  # type: ignore[arg-type]
     )

@@ -126,6 +126,8 @@ class FakeCobalt:
     * ``delivery_error_rate``: the first delivery attempt fails as a network error.
     * ``api_error_rate`` / ``rate_limit_rate``: a POST answers 503 / 429 (with ``Retry-After:
       retry_after`` unless it is None) and creates nothing.
+    * ``lost_answer_rate``: a POST creates its job, then answers 504: the outcome-unknown
+      create that ``client.jobs.reconcile()`` settles.
     * ``response_delay``: seconds added before every answer (the job exists already).
     * ``retry_delay``: Cobalt's pause before its single delivery retry.
     * ``emr_profile``: ``"basic"``, ``"subject_assignee"`` or ``"phone_call"``, the EHR's
@@ -161,6 +163,7 @@ class FakeCobalt:
         delivery_error_rate: float = 0.0,
         api_error_rate: float = 0.0,
         rate_limit_rate: float = 0.0,
+        lost_answer_rate: float = 0.0,
         retry_after: float | None = 1.0,
         response_delay: float = 0.0,
         retry_delay: float = 1.0,
@@ -189,6 +192,7 @@ class FakeCobalt:
         self.delivery_error_rate = delivery_error_rate
         self.api_error_rate = api_error_rate
         self.rate_limit_rate = rate_limit_rate
+        self.lost_answer_rate = lost_answer_rate
         self.retry_after = retry_after
         self.response_delay = response_delay
         self.retry_delay = retry_delay
@@ -226,6 +230,7 @@ class FakeCobalt:
             "delivery_error_rate": self.delivery_error_rate,
             "api_error_rate": self.api_error_rate,
             "rate_limit_rate": self.rate_limit_rate,
+            "lost_answer_rate": self.lost_answer_rate,
         }
         for name, rate in rates.items():
             if not 0.0 <= rate <= 1.0:
@@ -392,6 +397,11 @@ class FakeCobalt:
             return refusal
         job, reply = accept(body)
         await self._schedule(job)
+        if self._roll(self.lost_answer_rate):
+            # The job exists and will finish; only its answer is lost, as when a gateway
+            # times out after forwarding: the client cannot know whether it was created.
+            self.stats.answers_lost += 1
+            return error(504, "Gateway timeout.")
         return reply
 
     def _injected_fault(self) -> Reply | None:

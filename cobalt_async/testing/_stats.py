@@ -18,6 +18,8 @@ class FakeStats:
     """Injected 503 answers."""
     rate_limited: int = 0
     """Injected 429 answers."""
+    answers_lost: int = 0
+    """Creates whose job exists but whose answer was replaced by an injected 504."""
     jobs_finished: int = 0
     failed_jobs: int = 0
     early: int = 0

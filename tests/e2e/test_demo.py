@@ -67,6 +67,20 @@ def test_demo_loses_nothing_under_duplicates_early_and_dropped_webhooks() -> Non
     assert 200 < summary["submitted"] <= 400
 
 
+def test_demo_reconciles_creates_whose_answer_was_lost_and_writes_nothing_twice() -> None:
+    """Lost answers: found again in Cobalt's record, never resubmitted, none lost."""
+    status, summary = run_demo(
+        *("--tasks", "200", "--lost-answer-rate", "0.1", "--early-rate", "0.1"),
+        *("--seed", "5", "--latency", "0.1"),
+    )
+
+    assert status == 0
+    assert summary["lost"] == summary["duplicate_writes"] == summary["unreconciled"] == 0
+    assert summary["reconciled"] == summary["answers_lost"] > 0
+    assert_accounted_for(summary)
+    assert summary["submitted"] == 400  # every task and its note, the reconciled ones too
+
+
 def test_demo_with_default_settings_resolves_400_jobs_quickly() -> None:
     """200 tasks and their 200 notes, all succeeded via webhooks, well within 20 s."""
     status, summary = run_demo()
@@ -96,7 +110,7 @@ def test_demo_chaos_5000_tasks_loses_nothing() -> None:
     status, summary = run_demo(
         *("--tasks", "5000", "--duplicate-rate", "0.1", "--early-rate", "0.1"),
         *("--drop-rate", "0.05", "--failure-rate", "0.05", "--http-error-rate", "0.05"),
-        *("--seed", "11", "--timeout", "400"),
+        *("--lost-answer-rate", "0.02", "--seed", "11", "--timeout", "400"),
         timeout=500,
         measured=False,
     )
@@ -107,5 +121,9 @@ def test_demo_chaos_5000_tasks_loses_nothing() -> None:
     assert summary["failed"] == summary["failed_expected"] > 0
     assert summary["rejected"] == 0
     assert summary["resolved_via"]["poll"] >= summary["webhooks_dropped"] > 0
+    # Lost answers are found again, except those of failed jobs, which echo nothing to match.
+    assert summary["duplicate_writes"] == 0
+    assert summary["reconciled"] + summary["unreconciled"] == summary["answers_lost"] > 0
+    assert summary["reconciled"] > summary["unreconciled"]
     # A note for each task that succeeded (about 95% of them), none for the others.
     assert 5000 + 0.9 * 5000 < summary["submitted"] < 2 * 5000
