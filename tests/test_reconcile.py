@@ -20,7 +20,7 @@ from cobalt_async import (
     ServerError,
     WebhookReceiver,
 )
-from cobalt_async.testing import FakeCobalt
+from cobalt_async.testing import FakeCobalt, signed_delivery
 
 pytestmark = pytest.mark.anyio
 
@@ -156,3 +156,25 @@ async def test_only_an_outcome_unknown_create_error_is_accepted() -> None:
 
 def test_reconciliation_is_public() -> None:
     assert Reconciliation("not_found_yet").safe_to_conclude_at is None
+
+
+async def test_a_webhook_after_reconciliation_resolves_nothing_twice() -> None:
+    """Found before its webhook came: stored then, so the late delivery is a duplicate."""
+    sink = InMemorySink()
+    with anyio.fail_after(LIMIT):
+        async with (
+            FakeCobalt(latency=0.0, lost_answer_rate=1.0) as fake,
+            CobaltClient(
+                base_url=fake.base_url, transport=fake.transport, sink=sink, **fake.credentials
+            ) as client,
+        ):
+            error = await lost_create(client)  # no webhook registered: only listed
+            await fake.drain()
+            result = await client.jobs.reconcile(error)
+            assert result.handle is not None
+            await result.handle
+            body, headers = signed_delivery(fake.events[0], fake.webhook_secret)
+            late = await WebhookReceiver(sink, secrets=[fake.webhook_secret]).receive(body, headers)
+
+    assert ("duplicate", "poll") == (late.result, result.handle.resolved_via)
+    assert 1 == sink.stats().duplicates

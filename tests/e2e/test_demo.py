@@ -120,7 +120,10 @@ def test_demo_chaos_5000_tasks_loses_nothing() -> None:
     assert_accounted_for(summary)
     assert summary["failed"] == summary["failed_expected"] > 0
     assert summary["rejected"] == 0
-    assert summary["resolved_via"]["poll"] >= summary["webhooks_dropped"] > 0
+    # Every dropped webhook of a job the demo follows is found by polling (an unreconciled
+    # job, failed with its answer lost, is followed by nobody).
+    dropped = summary["webhooks_dropped"]
+    assert summary["resolved_via"]["poll"] >= dropped - summary["unreconciled"] > 0
     # Lost answers are found again, except those of failed jobs, which echo nothing to match.
     assert summary["duplicate_writes"] == 0
     assert summary["reconciled"] + summary["unreconciled"] == summary["answers_lost"] > 0
