@@ -93,6 +93,65 @@ class _Progress:
             print(f"resolved {self.done}/{self.total}", file=self.out, flush=True)
 
 
+@dataclass
+class _Lost:
+    error: APIError
+    give_up: float
+    done: anyio.Event = field(default_factory=anyio.Event)
+    handle: JobHandle[Any] | None = None
+
+
+class _Reconciler:
+    """
+    Finds lost creates in Cobalt's record: all that are waiting, in one walk per round.
+
+    A failed job echoes none of its request, so it cannot be found: after *patience*
+    seconds a create is given up as not reconciled (and never resubmitted).
+    """
+
+    def __init__(self, client: CobaltClient, tally: _Tally, patience: float) -> None:
+        self.client = client
+        self.tally = tally
+        self.patience = patience
+        self.waiting: list[_Lost] = []
+        self.arrived = anyio.Event()
+
+    async def find(self, error: APIError) -> JobHandle[Any] | None:
+        lost = _Lost(error, anyio.current_time() + self.patience)
+        self.waiting.append(lost)
+        self.arrived.set()
+        await lost.done.wait()
+        return lost.handle
+
+    async def run(self) -> None:
+        delay = 0.25
+        while True:
+            if not self.waiting:
+                self.arrived = anyio.Event()
+                await self.arrived.wait()
+                delay = 0.25
+            await anyio.sleep(delay)  # their jobs are still running at Cobalt
+            delay = min(2 * delay, 2.0)
+            batch = list(self.waiting)
+            try:
+                results = await self.client.jobs.reconcile_many([lost.error for lost in batch])
+            except CobaltError:
+                continue  # the listing failed this round: look again at the next
+            now = anyio.current_time()
+            for lost, result in zip(batch, results, strict=True):
+                if result.found or now >= lost.give_up:
+                    self.settle(lost, result.handle)
+
+    def settle(self, lost: _Lost, handle: JobHandle[Any] | None) -> None:
+        self.waiting.remove(lost)
+        if handle is None:
+            self.tally.unreconciled += 1
+        else:
+            self.tally.reconciled += 1
+        lost.handle = handle
+        lost.done.set()
+
+
 class _Pipeline:
     """Follows each accepted task to its outcome, then appends and follows its note."""
 
@@ -113,8 +172,7 @@ class _Pipeline:
         self.progress = progress
         self.deadline = deadline
         self.note_slots = anyio.CapacityLimiter(concurrency)
-        self.lost_answers: list[APIError] = []
-        self.patience = patience
+        self.reconciler = _Reconciler(client, tally, patience)
 
     async def follow(self, handle: JobHandle[Any]) -> None:
         """Wait for *handle* until the deadline; a job still unknown then counts as lost."""
@@ -144,11 +202,11 @@ class _Pipeline:
                     self.tally.rejected += 1
                     self.progress.total -= 1
                     return
-                found = await self.reconcile([exc])
-                if not found:
+                found = await self.reconciler.find(exc)
+                if found is None:
                     self.progress.total -= 1
                     return
-                note = found[0]
+                note = found
             except CobaltError:
                 self.tally.rejected += 1
                 self.progress.total -= 1
@@ -156,27 +214,14 @@ class _Pipeline:
         self.tally.submitted += 1
         await self.follow(note)
 
-    async def reconcile(self, errors: list[APIError]) -> list[JobHandle[Any]]:
-        """
-        Find lost creates in Cobalt's record, looking again as their jobs finish.
-
-        A failed job echoes none of its request, so it cannot be found: after *patience*
-        seconds the rest are reported as not reconciled (never resubmitted).
-        """
-        found: list[JobHandle[Any]] = []
-        delay = 0.25
-        give_up = min(self.deadline, anyio.current_time() + self.patience)
-        while errors and anyio.current_time() + delay < give_up:
-            await anyio.sleep(delay)  # their jobs are still running at Cobalt
-            results = await self.client.jobs.reconcile_many(errors)
-            found += [result.handle for result in results if result.handle is not None]
-            errors = [
-                error for error, result in zip(errors, results, strict=True) if not result.found
-            ]
-            delay = min(2 * delay, 4.0)
-        self.tally.reconciled += len(found)
-        self.tally.unreconciled += len(errors)
-        return found
+    async def follow_lost_task(self, error: APIError) -> None:
+        """A task whose answer was lost: found again in Cobalt's record, then followed."""
+        handle = await self.reconciler.find(error)
+        if handle is None:
+            self.progress.total -= 2
+            return
+        self.tally.submitted += 1
+        await self.follow_task(handle)
 
     def on_task(self, task_group: TaskGroup, progress: BatchProgress) -> None:
         self.progress.submitted("tasks", progress)
@@ -185,7 +230,7 @@ class _Pipeline:
             self.tally.submitted += 1
             task_group.start_soon(self.follow_task, result)
         elif isinstance(result, APIError) and result.outcome_unknown:
-            self.lost_answers.append(result)  # reconciled once the batch is submitted
+            task_group.start_soon(self.follow_lost_task, result)
         else:
             self.tally.rejected += 1
             self.progress.total -= 2
@@ -222,7 +267,7 @@ async def run_demo(args: argparse.Namespace) -> int:
                         concurrency=args.concurrency,
                         deadline=deadline,
                         # Long enough for the slowest job to finish and be listed.
-                        patience=5.0 + 3 * args.latency,
+                        patience=20.0 + 3 * args.latency,
                     )
                     await _submit_and_wait(args, pipeline)
     summary = _summary(tally, fake, sink, anyio.current_time() - started)
@@ -240,17 +285,15 @@ async def _submit_and_wait(args: argparse.Namespace, pipeline: _Pipeline) -> Non
         for index in range(args.tasks)
     ]
     # Each task is followed from the moment it is accepted, so latency is the job's own.
-    async with anyio.create_task_group() as task_group:
-        await pipeline.client.tasks.create_many(
-            tasks,
-            concurrency=args.concurrency,
-            on_progress=lambda progress: pipeline.on_task(task_group, progress),
-        )
-        found = await pipeline.reconcile(pipeline.lost_answers)
-        pipeline.progress.total -= 2 * (len(pipeline.lost_answers) - len(found))
-        for handle in found:
-            pipeline.tally.submitted += 1
-            task_group.start_soon(pipeline.follow_task, handle)
+    async with anyio.create_task_group() as reconciling:
+        reconciling.start_soon(pipeline.reconciler.run)
+        async with anyio.create_task_group() as task_group:
+            await pipeline.client.tasks.create_many(
+                tasks,
+                concurrency=args.concurrency,
+                on_progress=lambda progress: pipeline.on_task(task_group, progress),
+            )
+        reconciling.cancel_scope.cancel()
 
 
 def _percentile(values: list[float], q: int) -> float | None:

@@ -20,10 +20,13 @@ from ._handles import JobHandle
 from ._outcome import JobKind
 from .models import Event, JobEvent, Pagination, is_terminal
 
-SKEW = 60.0
-"""Seconds before a request's send time still searched: Cobalt's clock is not ours."""
-MAX_PAGES = 50
-"""Pages of 100 events one reconciliation reads at most; past them it says "not found yet"."""
+SKEW = 15.0
+"""Seconds before a request's send time still searched: Cobalt's clock is not ours. A job
+ends after its request reached Cobalt, so only a clock ahead of Cobalt's by more than this
+hides it (as "not found yet", never as a wrong match)."""
+MAX_PAGES = 200
+"""Pages of 100 events one reconciliation reads at most (20,000 events, newest first); a
+walk stopped by it finds nothing, since an unread page might hold a second candidate."""
 
 _TYPES: dict[str, tuple[str, str]] = {
     "task": ("task.created", "task.failed"),
