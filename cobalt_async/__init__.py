@@ -6,6 +6,7 @@ from ._config import NOT_GIVEN, PollPolicy
 from ._errors import (
     APIError,
     APIStatusError,
+    AuthenticationError,
     BadRequestError,
     ClientClosedError,
     CobaltConnectionError,
@@ -45,6 +46,7 @@ __all__ = [
     "NOT_GIVEN",
     "APIError",
     "APIStatusError",
+    "AuthenticationError",
     "BadRequestError",
     "BatchProgress",
     "ClientClosedError",

@@ -8,6 +8,7 @@ Every error ``cobalt_async`` raises shares one root, :class:`CobaltError`.
     ├── APIError                               Cobalt answered, or the request failed in transit
     │   ├── APIStatusError                     Cobalt answered with an error status
     │   │   ├── BadRequestError                400: missing or unexpected field
+    │   │   ├── AuthenticationError            401: client_id or client_secret not accepted
     │   │   ├── LoginRequiredError             403: the EHR link expired, run Cobalt Link again
     │   │   ├── NotFoundError                  404: unknown user, MRN or task
     │   │   ├── RateLimitError                 429
@@ -26,6 +27,7 @@ Every error ``cobalt_async`` raises shares one root, :class:`CobaltError`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -103,7 +105,9 @@ class APIStatusError(APIError):
     """
     Cobalt answered with an error status and its ``{success: false, message}`` envelope.
 
-    ``retry_after`` carries the ``Retry-After`` header in seconds, when Cobalt sent one.
+    ``retry_after`` carries the ``Retry-After`` header in seconds, when Cobalt sent one;
+    ``headers`` every header of the answer, and ``request_id`` the id a proxy or Cobalt gave
+    the request (quote it to Cobalt's support), when one was sent.
     """
 
     status_code: int
@@ -118,9 +122,12 @@ class APIStatusError(APIError):
         error: str | None = None,
         retry_after: float | None = None,
         outcome_unknown: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.error = error
         self.retry_after = retry_after
+        self.headers: Mapping[str, str] = headers if headers is not None else {}
+        self.request_id = _request_id(self.headers)
         super().__init__(
             message,
             method=method,
@@ -128,6 +135,19 @@ class APIStatusError(APIError):
             status_code=status_code,
             outcome_unknown=outcome_unknown,
         )
+
+    def _describe(self) -> str:
+        text = super()._describe()
+        return text if self.request_id is None else f"{text} (request id {self.request_id})"
+
+
+_REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid")
+"""Cobalt documents none; these are what its proxies and most APIs send."""
+
+
+def _request_id(headers: Mapping[str, str]) -> str | None:
+    lowered = {name.lower(): value for name, value in headers.items()}
+    return next((lowered[name] for name in _REQUEST_ID_HEADERS if lowered.get(name)), None)
 
 
 class BadRequestError(APIStatusError):
@@ -145,6 +165,10 @@ class BadRequestError(APIStatusError):
     @property
     def field(self) -> str | None:
         return self.fields[0] if self.fields else None
+
+
+class AuthenticationError(APIStatusError):
+    """401: Cobalt did not accept ``client_id`` and ``client_secret``; see the message."""
 
 
 class LoginRequiredError(APIStatusError):

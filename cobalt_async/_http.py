@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from ._errors import (
     APIError,
     APIStatusError,
+    AuthenticationError,
     BadRequestError,
     ClientClosedError,
     CobaltConnectionError,
@@ -45,12 +46,16 @@ MAX_RETRY_AFTER = 60.0
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
+    401: AuthenticationError,
     403: LoginRequiredError,
     404: NotFoundError,
     429: RateLimitError,
 }
 _HINTS = {
-    401: "check client_id and client_secret",
+    401: (
+        "Cobalt did not accept the credentials: check client_id and client_secret "
+        "(COBALT_CLIENT_ID, COBALT_CLIENT_SECRET), and that access_token was issued to them"
+    ),
     403: "the EHR link expired: run Cobalt Link in update mode with this access_token",
 }
 
@@ -195,6 +200,7 @@ class Requester:
             error=body.error,
             retry_after=_retry_after(response),
             outcome_unknown=status >= 500 and not idempotent,
+            headers=response.headers,
         )
 
     def _log(

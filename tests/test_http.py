@@ -15,6 +15,7 @@ import respx
 from cobalt_async import (
     APIError,
     APIStatusError,
+    AuthenticationError,
     BadRequestError,
     CobaltClient,
     CobaltConnectionError,
@@ -320,7 +321,48 @@ class TestErrorMapping:
         assert ("POST", "/v1/tasks") == (error.method, error.path)
         assert isinstance(error, ServerError if status >= 500 else BadRequestError)
 
-    @pytest.mark.parametrize("status", [401, 409, 418, 422])
+    async def test_401_is_an_authentication_error_that_says_what_to_check(
+        self, api: respx.MockRouter, client: CobaltClient
+    ) -> None:
+        """A 401 gets its own class, and a hint naming the settings, never their values."""
+        api.post("/tasks").respond(401, json=envelope("Unauthorized"))
+
+        with pytest.raises(AuthenticationError) as info:
+            await client.tasks.create(**TASK)
+
+        assert 401 == info.value.status_code
+        assert not info.value.outcome_unknown
+        message = str(info.value)
+        assert "COBALT_CLIENT_ID" in message
+        assert "COBALT_CLIENT_SECRET" in message
+        assert CLIENT_SECRET not in message
+
+    async def test_an_error_carries_the_answer_headers_and_request_id(
+        self, api: respx.MockRouter, client: CobaltClient
+    ) -> None:
+        """The request id is on the error and in its message, to quote to Cobalt's support."""
+        headers = {"X-Request-Id": "req_abc123", "X-Trace": "t-1"}
+        api.post("/tasks").respond(404, json=envelope("Patient not found."), headers=headers)
+
+        with pytest.raises(NotFoundError) as info:
+            await client.tasks.create(**TASK)
+
+        assert "req_abc123" == info.value.request_id
+        assert "t-1" == info.value.headers["x-trace"]
+        assert str(info.value).endswith("(request id req_abc123)")
+
+    async def test_an_error_without_a_request_id_says_nothing_of_one(
+        self, api: respx.MockRouter, client: CobaltClient
+    ) -> None:
+        api.post("/tasks").respond(404, json=envelope("Patient not found."))
+
+        with pytest.raises(NotFoundError) as info:
+            await client.tasks.create(**TASK)
+
+        assert None is info.value.request_id
+        assert "request id" not in str(info.value)
+
+    @pytest.mark.parametrize("status", [409, 418, 422])
     async def test_other_statuses_are_api_status_errors(
         self, api: respx.MockRouter, client: CobaltClient, status: int
     ) -> None:

@@ -118,7 +118,7 @@ def test_every_public_error_type_is_covered() -> None:
     errors = {name for name in cobalt_async.__all__ if name.endswith("Error")}
     carries_no_ehr_text = {
         # Their messages are built from ids, paths, statuses and Cobalt's error message.
-        "APIError", "APIStatusError", "BadRequestError", "ClientClosedError",
+        "APIError", "APIStatusError", "AuthenticationError", "BadRequestError", "ClientClosedError",
         "CobaltConnectionError", "CobaltError", "CobaltTimeoutError", "ConfigurationError",
         "JobTimeoutError", "LoginRequiredError", "NotFoundError", "RateLimitError",
         "RequestValidationError", "ServerError", "SinkUnavailableError",

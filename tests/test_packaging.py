@@ -1,4 +1,4 @@
-"""What a built sdist and wheel hold, built by hatchling itself, and what the README says of them."""
+"""What the sdist and wheel hatchling builds hold, and what the README says of them."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,6 +96,8 @@ async def send_reply(send: Send, reply: Reply) -> None:
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
+        # As a gateway would: errors then carry an id to quote, as they do in front of Cobalt.
+        (b"x-request-id", f"req_{uuid.uuid4().hex[:24]}".encode()),
         *reply.headers,
     ]
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
