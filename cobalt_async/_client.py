@@ -1,14 +1,22 @@
 from __future__ import annotations
 
+import copy
 import os
 from types import TracebackType
 from typing import Self
 
 import httpx
 
-from ._config import DEFAULT_BASE_URL, DEFAULT_JOB_TIMEOUT, DEFAULT_POLL_POLICY, PollPolicy
+from ._config import (
+    DEFAULT_BASE_URL,
+    DEFAULT_JOB_TIMEOUT,
+    DEFAULT_POLL_POLICY,
+    NOT_GIVEN,
+    NotGiven,
+    PollPolicy,
+)
 from ._errors import ClientClosedError, ConfigurationError
-from ._http import Credentials, Requester, RetryPolicy
+from ._http import Credentials, Requester, RetryPolicy, as_timeout
 from ._jobs import Jobs, WebhookEvents
 from ._resources import Tasks
 from .sinks import InMemorySink, Sink
@@ -67,29 +75,54 @@ class CobaltClient:
         credentials = _credentials(client_id, client_secret, access_token)
         self.base_url = _base_url(base_url or os.environ.get("COBALT_BASE_URL") or DEFAULT_BASE_URL)
         self._owns_http = http_client is None
+        retry = RetryPolicy(max_retries=max_retries)
         http = http_client or httpx.AsyncClient(
-            transport=transport, timeout=timeout, limits=DEFAULT_LIMITS
+            transport=transport, timeout=as_timeout(timeout), limits=DEFAULT_LIMITS
         )
-        self._requester = Requester(
-            http,
-            base_url=self.base_url,
-            credentials=credentials,
-            retry=RetryPolicy(max_retries=max_retries),
-        )
+        requester = Requester(http, base_url=self.base_url, credentials=credentials, retry=retry)
         self.sink = sink if sink is not None else InMemorySink()
-        self.webhook_events = WebhookEvents(self._requester)
-        self.jobs = Jobs(
-            self._requester,
-            self.webhook_events,
+        webhook_events = WebhookEvents(requester)
+        jobs = Jobs(
+            requester,
+            webhook_events,
             sink=self.sink,
             webhooks_expected=sink is not None,
             poll=poll,
             job_timeout=job_timeout,
         )
-        self.tasks = Tasks(self._requester, self.jobs)
+        self._bind(requester, jobs, webhook_events)
         if self.sink.authority is None:
             self.sink.authority = self.jobs.first_terminal_event
+        self._derived = False
         self._sink_entered = False
+
+    def _bind(self, requester: Requester, jobs: Jobs, webhook_events: WebhookEvents) -> None:
+        """Build every resource on *requester*: the one place a new resource is added."""
+        self._requester = requester
+        self.webhook_events = webhook_events
+        self.jobs = jobs
+        self.tasks = Tasks(requester, jobs)
+
+    def with_options(
+        self,
+        *,
+        timeout: httpx.Timeout | float | None | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+    ) -> Self:
+        """
+        This client with another request timeout or retry budget, for a call or a block.
+
+        ``await client.with_options(timeout=5).tasks.create(...)``. The copy shares the
+        connection pool, the sink and every job with this client, and closes when it closes;
+        closing the copy closes nothing else. *timeout* applies to each request (``None``:
+        none); *max_retries* as in the constructor.
+        """
+        requester = self._requester.with_options(timeout=timeout, max_retries=max_retries)
+        webhook_events = WebhookEvents(requester)
+        derived = copy.copy(self)
+        derived._bind(requester, self.jobs.using(requester, webhook_events), webhook_events)
+        derived._owns_http, derived._derived, derived._sink_entered = False, True, False
+        return derived
 
     def __repr__(self) -> str:
         state = "closed" if self._requester.closed else "open"
@@ -99,9 +132,11 @@ class CobaltClient:
         if self._requester.closed:
             msg = "a closed CobaltClient cannot be reopened; create a new one"
             raise ClientClosedError(msg)
-        # A sink with a listener (RedisSink) runs it for as long as the client is open.
-        await self.sink.__aenter__()
-        self._sink_entered = True
+        # A sink with a listener (RedisSink) runs it for as long as the client is open; a
+        # client from with_options() leaves that to the client it came from.
+        if not self._derived:
+            await self.sink.__aenter__()
+            self._sink_entered = True
         return self
 
     async def __aexit__(
@@ -121,7 +156,7 @@ class CobaltClient:
         """Close the HTTP client this client built. Handles keep their known outcomes."""
         if self._requester.closed:
             return
-        self._requester.closed = True
+        self._requester.close()
         if self._owns_http:
             await self._requester.http.aclose()
 

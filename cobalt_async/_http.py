@@ -10,6 +10,7 @@ transport errors, 429 and 5xx, with jittered backoff and ``Retry-After`` honoure
 
 from __future__ import annotations
 
+import copy
 import email.utils
 import logging
 import random
@@ -21,6 +22,7 @@ import anyio
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from ._config import NotGiven
 from ._errors import (
     APIError,
     APIStatusError,
@@ -29,6 +31,7 @@ from ._errors import (
     ClientClosedError,
     CobaltConnectionError,
     CobaltTimeoutError,
+    ConfigurationError,
     LoginRequiredError,
     NotFoundError,
     RateLimitError,
@@ -88,6 +91,11 @@ class RetryPolicy:
     base_delay: float = 0.5
     max_delay: float = 8.0
 
+    def __post_init__(self) -> None:
+        if type(self.max_retries) is not int or self.max_retries < 0:
+            msg = f"max_retries must be an integer >= 0, not {self.max_retries!r}"
+            raise ConfigurationError(msg)
+
     def delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, MAX_RETRY_AFTER)
@@ -110,9 +118,32 @@ class Requester:
         self.base_url = base_url.rstrip("/")
         self.base_path = httpx.URL(self.base_url).path.rstrip("/")
         self.retry = retry
-        self.closed = False
+        self.timeout: httpx.Timeout | None = None
+        """Overrides the HTTP client's timeout when set (by :meth:`with_options`)."""
+        self._closed = False
+        self._parent: Requester | None = None
         self._headers = {**credentials.headers(), "accept": "application/json"}
         self._post_headers = {**self._headers, "content-type": "application/json"}
+
+    @property
+    def closed(self) -> bool:
+        """Closed itself, or through the requester it was derived from."""
+        return self._closed or (self._parent is not None and self._parent.closed)
+
+    def close(self) -> None:
+        self._closed = True
+
+    def with_options(
+        self, *, timeout: httpx.Timeout | float | None | NotGiven, max_retries: int | NotGiven
+    ) -> Requester:
+        """A requester on the same HTTP client, with another timeout or retry budget."""
+        derived = copy.copy(self)
+        derived._parent, derived._closed = self, False
+        if not isinstance(timeout, NotGiven):
+            derived.timeout = as_timeout(timeout)
+        if not isinstance(max_retries, NotGiven):
+            derived.retry = RetryPolicy(max_retries, self.retry.base_delay, self.retry.max_delay)
+        return derived
 
     async def post(self, path: str, body: bytes) -> httpx.Response:
         """POST a create request: never re-sent once it may have reached Cobalt."""
@@ -140,7 +171,12 @@ class Requester:
             started = time.perf_counter()
             try:
                 response = await self.http.request(
-                    method, url, content=content, params=params, headers=headers
+                    method,
+                    url,
+                    content=content,
+                    params=params,
+                    headers=headers,
+                    timeout=self.timeout or httpx.USE_CLIENT_DEFAULT,
                 )
             except httpx.TransportError as exc:
                 error = self._transport_error(method, path, exc, idempotent)
@@ -223,6 +259,19 @@ class Requester:
                 elapsed_ms,
                 attempt + 1,
             )
+
+
+def as_timeout(value: object) -> httpx.Timeout:
+    """*value* as an ``httpx.Timeout``: seconds, ``None`` for none, or a ``Timeout``."""
+    if isinstance(value, httpx.Timeout):
+        return value
+    if value is None:
+        return httpx.Timeout(None)
+    # Negated, so that NaN (which compares false) is refused too.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        msg = f"timeout must be seconds > 0, None for none, or an httpx.Timeout; got {value!r}"
+        raise ConfigurationError(msg)
+    return httpx.Timeout(value)
 
 
 def parse_answer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import time
@@ -122,6 +123,12 @@ class Jobs:
         self._poll_policy = poll
         self._job_timeout = job_timeout
         self._known: OrderedDict[str, None] = OrderedDict()
+
+    def using(self, requester: Requester, webhook_events: WebhookEvents) -> Jobs:
+        """The same jobs, polled and reconciled through another requester's options."""
+        derived = copy.copy(self)
+        derived._requester, derived._webhook_events = requester, webhook_events
+        return derived
 
     @overload
     def attach(self, job_id: str | int, kind: Literal["task"]) -> JobHandle[TaskCreatedEvent]: ...

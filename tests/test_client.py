@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import logging
 
+import anyio
 import httpx
 import pytest
 
-from cobalt_async import BadRequestError, ClientClosedError, CobaltClient, ConfigurationError
+from cobalt_async import (
+    APIStatusError,
+    BadRequestError,
+    ClientClosedError,
+    CobaltClient,
+    ConfigurationError,
+    InMemorySink,
+)
+from cobalt_async.testing import FakeCobalt
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("clean_environment")]
 
@@ -292,3 +301,93 @@ class TestLogging:
 
         assert any("POST /v1/tasks -> 400" in line for line in cobalt_log_lines(caplog))
         assert_no_secret_or_phi(caplog)
+
+
+class TestWithOptions:
+    """``client.with_options(...)``: other request options on the same pool, sink and jobs."""
+
+    async def test_the_timeout_applies_to_the_copy_only(
+        self, transport: RecordingTransport
+    ) -> None:
+        async with make_client(transport) as client:
+            await client.with_options(timeout=2.5).tasks.create(patient_mrn="M", description="d")
+            await client.tasks.create(patient_mrn="M", description="d")
+
+        derived, original = (request.extensions["timeout"] for request in transport.requests)
+        assert {"connect": 2.5, "read": 2.5, "write": 2.5, "pool": 2.5} == derived
+        assert {"connect": 5.0, "read": 30.0, "write": 30.0, "pool": 30.0} == original
+
+    async def test_max_retries_applies_to_the_copy_only(self) -> None:
+        transport = RecordingTransport(status=503)
+        async with make_client(transport) as client:
+            with pytest.raises(APIStatusError):
+                await client.with_options(max_retries=0).webhook_events.list()
+            assert 1 == len(transport.requests)
+            with pytest.raises(APIStatusError):
+                await client.with_options(timeout=None).webhook_events.list()
+            assert 1 + 3 == len(transport.requests)  # the default: two retries
+
+    async def test_a_job_submitted_through_the_copy_resolves_through_the_shared_sink(
+        self, fake_cobalt: FakeCobalt, cobalt_client: CobaltClient
+    ) -> None:
+        handle = await cobalt_client.with_options(timeout=10).tasks.create(
+            patient_mrn="MRN-1", description="Call back"
+        )
+        with anyio.fail_after(10):
+            event = await handle
+
+        assert "webhook" == handle.resolved_via
+        assert event.job_id == handle.job_id
+        assert 0 == cobalt_client.sink.stats().backstop_polls
+
+    async def test_closing_the_client_closes_the_copy_and_not_the_other_way(
+        self, transport: RecordingTransport
+    ) -> None:
+        client = make_client(transport)
+        derived = client.with_options(max_retries=1)
+        async with derived:
+            pass
+        await client.tasks.create(patient_mrn="M", description="d")  # still open
+        assert not transport.closed
+
+        await client.aclose()
+
+        assert transport.closed
+        with pytest.raises(ClientClosedError):
+            await derived.tasks.create(patient_mrn="M", description="d")
+        with pytest.raises(ClientClosedError):
+            await client.with_options(timeout=1).tasks.create(patient_mrn="M", description="d")
+
+    async def test_entering_the_copy_does_not_enter_the_sink_again(
+        self, transport: RecordingTransport
+    ) -> None:
+        entered: list[str] = []
+
+        class CountingSink(InMemorySink):
+            async def __aenter__(self) -> CountingSink:
+                entered.append("sink")
+                return self
+
+        async with make_client(transport, sink=CountingSink()) as client:  # type: ignore[arg-type]
+            async with client.with_options(timeout=1):
+                pass
+
+        assert ["sink"] == entered
+
+    @pytest.mark.parametrize(
+        ("options", "named"),
+        [
+            ({"timeout": 0}, "timeout"),
+            ({"timeout": "5"}, "timeout"),
+            ({"timeout": float("nan")}, "timeout"),
+            ({"max_retries": -1}, "max_retries"),
+            ({"max_retries": "3"}, "max_retries"),
+            ({"max_retries": True}, "max_retries"),
+        ],
+    )
+    def test_bad_options_are_refused_by_name(self, options: dict[str, object], named: str) -> None:
+        client = make_client(RecordingTransport())
+        with pytest.raises(ConfigurationError, match=rf"^{named} must be"):
+            client.with_options(**options)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match=rf"^{named} must be"):
+            make_client(RecordingTransport(), **options)  # type: ignore[arg-type]
