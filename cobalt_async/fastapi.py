@@ -123,9 +123,8 @@ class CobaltLifespan:
 
     @asynccontextmanager
     async def _run(self, app: FastAPI) -> AsyncIterator[Any]:
-        sink = self._sink()
-        receiver, missing = self._receiver(sink)
-        async with CobaltClient(sink=sink, **self.client_options) as client:
+        receiver, missing, client = self._start()
+        async with client:
             setattr(app.state, _STATE_KEY, _Runtime(client, receiver, missing))
             try:
                 if self.lifespan is None:
@@ -135,6 +134,26 @@ class CobaltLifespan:
                         yield state
             finally:
                 delattr(app.state, _STATE_KEY)
+
+    def _start(self) -> tuple[WebhookReceiver | None, str | None, CobaltClient]:
+        """The receiver, why there is none, and the client; every setting missing at once."""
+        problems: list[str] = []
+        receiver, missing, client = None, None, None
+        try:
+            sink = self._sink()
+            receiver, missing = self._receiver(sink)
+        except ConfigurationError as exc:
+            sink = None
+            problems.append(str(exc))
+        try:
+            client = CobaltClient(sink=sink, **self.client_options)
+        except ConfigurationError as exc:
+            problems.append(str(exc))
+        if client is None or problems:
+            # One message for everything, so that a deployment is fixed in one restart.
+            msg = "cobalt_lifespan cannot start: " + "; and ".join(problems)
+            raise ConfigurationError(msg)
+        return receiver, missing, client
 
     def _secrets(self) -> Sequence[str]:
         if self.webhook_secrets is not None:

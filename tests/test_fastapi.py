@@ -352,6 +352,19 @@ async def test_misconfiguration_fails_at_startup(
     assert re.search(message, str(error))
 
 
+async def test_every_missing_setting_is_reported_in_one_message() -> None:
+    """No credentials and no webhook secret: one restart tells the operator both."""
+    app = FastAPI(lifespan=cobalt_lifespan(sink=InMemorySink()))
+
+    error = await startup_error(app)
+
+    assert isinstance(error, ConfigurationError)
+    message = str(error)
+    assert message.startswith("cobalt_lifespan cannot start: ")
+    for setting in ("COBALT_WEBHOOK_SECRET", "COBALT_CLIENT_ID", "COBALT_ACCESS_TOKEN"):
+        assert setting in message
+
+
 async def startup_error(app: FastAPI) -> BaseException:
     """The error that stopped the app's startup (trio's LifespanManager wraps it in a group)."""
     try:
