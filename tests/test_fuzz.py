@@ -325,6 +325,8 @@ CODEPOINT_BANDS = [(0x20, 0x7E)] * 4 + [
     (0x00, 0x1F), (0x80, 0xFF), (0x100, 0xD7FF), (0xE000, 0xFFFD), (0x10000, 0x10FFFF),
 ]
 ENVELOPE = ("id", "type", "job_id", "data", "created", "object", "access_token_reference_id")
+REQUIRED = {"task.created": "emr_task_id", "task_note.created": "emr_note_id"}
+"""The one required member of each success's data: the EHR's id of what was written."""
 DATA_FIELDS = {
     "task.created": ("emr_task_id", "task_id", "subject", "description"),
     "task.failed": ("task_id", "failure_reason", "reasons"),
@@ -394,8 +396,8 @@ def rand_extras(rng: random.Random, target: dict[str, Any], forbidden: Iterable[
 def rand_data(rng: random.Random, kind: str) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for name in DATA_FIELDS[kind]:
-        if name == "emr_task_id" and kind == "task.created":
-            data[name] = rand_id(rng)  # the one required member
+        if REQUIRED.get(kind) == name:
+            data[name] = rand_id(rng)
         elif rng.random() < 0.5:
             continue
         elif name in ID_FIELDS:

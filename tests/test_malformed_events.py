@@ -22,7 +22,7 @@ from cobalt_async import (
 )
 from cobalt_async.asgi import WebhookApp
 from cobalt_async.models import parse_event
-from cobalt_async.testing import make_task_created_event
+from cobalt_async.testing import make_task_created_event, make_task_note_created_event
 from tests.support import JOB, SECRET, StubCobalt, create_task, make_client
 
 pytestmark = pytest.mark.anyio
@@ -62,6 +62,16 @@ class TestParsing:
         assert payload == event.raw
         assert event.problem
         assert MARKER not in event.problem
+
+    def test_a_note_created_without_its_emr_note_id_is_malformed(self) -> None:
+        """The Create Task Note page sends ``emr_note_id`` with every success: it is required."""
+        payload = make_task_note_created_event(job_id=JOB, note=MARKER)
+        del payload["data"]["emr_note_id"]
+
+        event = parse_event(json.dumps(payload).encode())
+
+        assert isinstance(event, MalformedJobEvent)
+        assert ("task_note.created", "data.emr_note_id: missing") == (event.type, event.problem)
 
     def test_it_serialises_as_sent_and_parses_back_the_same(self) -> None:
         """What a sink stores (the model's JSON dump) reads back as the same event."""

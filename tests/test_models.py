@@ -66,7 +66,12 @@ EVENTS = [
     ),
     pytest.param(
         "task_note.created",
-        {"task_note_id": "n_1", "emr_task_id": "emr_1", "note": "Called back"},
+        {
+            "task_note_id": "n_1",
+            "emr_note_id": "f862b0a0",
+            "emr_task_id": "emr_1",
+            "note": "Called",
+        },
         TaskNoteCreatedEvent,
         id="task_note.created",
     ),

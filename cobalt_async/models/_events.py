@@ -47,8 +47,9 @@ class TaskFailedData(OpenModel):
 class TaskNoteCreatedData(OpenModel):
     """Payload of ``task_note.created``."""
 
+    emr_note_id: LaxStr
+    """The EHR's own id of the note: Cobalt's Create Task Note page sends it with every success."""
     task_note_id: LaxStr | None = None
-    emr_note_id: LaxStr | None = None
     emr_task_id: LaxStr | None = None
     note: str | None = None
 

@@ -78,7 +78,7 @@ async def submit_and_await(client: CobaltClient) -> None:
     assert_type(note, JobHandle[TaskNoteCreatedEvent])
     note_event = await note
     assert_type(note_event, TaskNoteCreatedEvent)
-    assert_type(note_event.data.emr_note_id, str | None)
+    assert_type(note_event.data.emr_note_id, str)
 
     # The handle's type follows the call: a task's outcome is not a note's.
     wrong: TaskNoteCreatedEvent = await handle  # type: ignore[assignment]
