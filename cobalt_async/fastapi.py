@@ -15,10 +15,11 @@ Needs the ``fastapi`` extra: ``pip install 'cobalt-async[fastapi]'``.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict, Unpack
 
@@ -46,6 +47,7 @@ __all__ = [
     "app_client",
     "cobalt_lifespan",
     "get_client",
+    "lifespan_overrides",
     "webhook_router",
 ]
 
@@ -53,6 +55,7 @@ logger = logging.getLogger("cobalt_async.fastapi")
 
 SECRET_ENV = "COBALT_WEBHOOK_SECRET"
 _STATE_KEY = "cobalt_async"
+_OVERRIDES_KEY = "cobalt_async_overrides"
 _HOW_TO_SINK = (
     "pass sink=InMemorySink() (one worker) or redis_url='redis://...' (several workers or pods)"
 )
@@ -123,7 +126,7 @@ class CobaltLifespan:
 
     @asynccontextmanager
     async def _run(self, app: FastAPI) -> AsyncIterator[Any]:
-        receiver, missing, client = self._start()
+        receiver, missing, client = self._overridden(app)._start()
         async with client:
             setattr(app.state, _STATE_KEY, _Runtime(client, receiver, missing))
             try:
@@ -134,6 +137,22 @@ class CobaltLifespan:
                         yield state
             finally:
                 delattr(app.state, _STATE_KEY)
+
+    def _overridden(self, app: FastAPI) -> CobaltLifespan:
+        """This lifespan with what :func:`lifespan_overrides` set on *app*, if anything."""
+        overrides: _Overrides | None = getattr(app.state, _OVERRIDES_KEY, None)
+        if overrides is None:
+            return self
+        effective = copy.copy(self)
+        base = dict(self.client_options)
+        if "transport" in overrides.client_options:
+            base.pop("http_client", None)  # the override's transport replaces the app's client
+        effective.client_options = {**base, **overrides.client_options}  # type: ignore[typeddict-item]
+        if overrides.webhook_secrets is not None:
+            effective.webhook_secrets = overrides.webhook_secrets
+        if not isinstance(overrides.sink, NotGiven):
+            effective.sink, effective.redis_url = overrides.sink, None
+        return effective
 
     def _start(self) -> tuple[WebhookReceiver | None, str | None, CobaltClient]:
         """The receiver, why there is none, and the client; every setting missing at once."""
@@ -235,6 +254,35 @@ def cobalt_lifespan(
         lifespan=lifespan,
         client_options=client_options,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Overrides:
+    webhook_secrets: Sequence[str] | None
+    sink: Sink | None | NotGiven
+    client_options: ClientOptions
+
+
+@contextmanager
+def lifespan_overrides(
+    app: FastAPI,
+    *,
+    webhook_secrets: Sequence[str] | None = None,
+    sink: Sink | None | NotGiven = NOT_GIVEN,
+    **client_options: Unpack[ClientOptions],
+) -> Iterator[None]:
+    """
+    Start *app*'s :func:`cobalt_lifespan` with these settings instead, while inside.
+
+    For tests, as ``app.dependency_overrides`` is: the settings win over the lifespan's own
+    arguments and the environment; a *sink* replaces the app's sink or ``redis_url``.
+    ``cobalt_async.testing.app_with_fake`` is built on it.
+    """
+    setattr(app.state, _OVERRIDES_KEY, _Overrides(webhook_secrets, sink, client_options))
+    try:
+        yield
+    finally:
+        delattr(app.state, _OVERRIDES_KEY)
 
 
 def _warn_if_several_workers(sink: Sink) -> None:

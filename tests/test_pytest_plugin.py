@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
 import pytest
+
+from cobalt_async.testing.pytest_plugin import _in_own_task
 
 pytest_plugins = ["pytester"]
 
@@ -20,7 +27,7 @@ import pytest
 from cobalt_async import CobaltClient, InMemorySink, JobFailedError, NotFoundError
 from cobalt_async.testing import FakeCobalt
 
-pytestmark = pytest.mark.anyio
+{marker}
 
 
 async def test_books_a_callback(cobalt_client, fake_cobalt):
@@ -72,7 +79,7 @@ def test_the_plugin_is_registered_by_its_entry_point(pytestconfig: pytest.Config
 def test_a_user_project_uses_the_fixtures_on_both_backends(pytester: pytest.Pytester) -> None:
     """A project with no setup of its own gets working fixtures; failures still fail."""
     pytester.makeconftest(USER_CONFTEST)
-    pytester.makepyfile(test_user=USER_TESTS)
+    pytester.makepyfile(test_user=USER_TESTS.format(marker="pytestmark = pytest.mark.anyio"))
 
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
 
@@ -83,3 +90,75 @@ def test_a_user_project_uses_the_fixtures_on_both_backends(pytester: pytest.Pyte
             "FAILED test_user.py::test_a_wrong_expectation_still_fails[[]trio[]]*",
         ]
     )
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("mode", "marker"),
+    [("strict", "pytestmark = pytest.mark.asyncio"), ("auto", "")],
+)
+def test_a_user_project_uses_the_fixtures_under_pytest_asyncio(
+    pytester: pytest.Pytester, mode: str, marker: str
+) -> None:
+    """Strict mode with marked tests, auto mode with none: no setup error, no teardown error."""
+    pytester.makeini(
+        f"[pytest]\nasyncio_mode = {mode}\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    pytester.makepyfile(test_user=USER_TESTS.format(marker=marker))
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", timeout=60)
+
+    result.assert_outcomes(passed=5, failed=1, errors=0)
+    result.stdout.fnmatch_lines(["FAILED test_user.py::test_a_wrong_expectation_still_fails*"])
+    result.stdout.no_fnmatch_line("*cancel scope*")
+
+
+def test_a_sync_test_asking_for_an_async_fixture_is_told_what_to_do(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_user="""
+def test_sync(fake_cobalt):
+    pass
+"""
+    )
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
+
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*fake_cobalt is an async fixture: use it from an `async def` test marked*"]
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_context_hosted_in_its_own_task_may_be_left_from_another() -> None:
+    """What pytest-asyncio does to a fixture: set up in one task, torn down in another."""
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def with_task_group() -> AsyncIterator[str]:
+        async with anyio.create_task_group():
+            events.append("entered")
+            yield "value"
+            events.append("exited")
+
+    hosted = _in_own_task(with_task_group())
+    value = await asyncio.create_task(hosted.__aenter__())
+    await asyncio.create_task(hosted.__aexit__(None, None, None))
+
+    assert ("value", ["entered", "exited"]) == (value, events)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_hosted_context_that_fails_to_enter_raises_its_error() -> None:
+    @asynccontextmanager
+    async def broken() -> AsyncIterator[None]:
+        raise OSError("port in use")
+        yield
+
+    with anyio.fail_after(5), pytest.raises(OSError, match="port in use"):
+        async with _in_own_task(broken()):
+            pass

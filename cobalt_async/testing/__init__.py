@@ -4,6 +4,8 @@ Test helpers: :class:`FakeCobalt`, a simulator of Cobalt's task API, and event f
 ```python
 from cobalt_async.testing import FakeCobalt, make_task_created_event, signed_delivery
 ```
+
+``app_with_fake(app, fake)`` runs a FastAPI app against a fake (needs the ``fastapi`` extra).
 """
 
 from .._signing import sign_webhook
@@ -15,10 +17,12 @@ from ._factories import (
     signed_delivery,
 )
 from ._fake import FakeCobalt, FakeStats
+from ._fastapi import app_with_fake
 
 __all__ = [
     "FakeCobalt",
     "FakeStats",
+    "app_with_fake",
     "make_task_created_event",
     "make_task_failed_event",
     "make_task_note_created_event",
