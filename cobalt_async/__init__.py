@@ -25,6 +25,7 @@ from ._errors import (
     WebhookVerificationError,
 )
 from ._handles import JobHandle, JobStatus
+from ._logs import configure_from_environment as _configure_logs_from_environment
 from ._outcome import JobKind
 from ._reconcile import Reconciliation
 from ._signing import sign_webhook, verify_webhook
@@ -101,3 +102,5 @@ for _name in __all__:
         except (AttributeError, TypeError):
             pass
 del _name, _obj
+
+_configure_logs_from_environment()

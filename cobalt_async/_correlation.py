@@ -27,6 +27,7 @@ from anyio.abc import TaskStatus
 
 from ._config import PollPolicy
 from ._errors import APIError, JobTimeoutError, SinkUnavailableError
+from ._logs import ids
 from ._outcome import Backstop, Outcome, PublishResult, Via
 from .models import JobEvent
 
@@ -202,14 +203,24 @@ class Correlator:
             await self._sink.remove_pending(job_id)
         except SinkUnavailableError as exc:
             # The sink reports its outage once; a line per finished wait would be thousands.
-            logger.debug("job %s not removed from the pending registry: %s", job_id, exc)
+            logger.debug(
+                "job %s not removed from the pending registry: %s",
+                job_id,
+                exc,
+                extra=ids(job_id),
+            )
 
     async def _read_store(self, job_id: str) -> None:
         try:
             await self.recheck([job_id])
         except SinkUnavailableError as exc:
             # The sink will be re-read on reconnect, and the backstop still polls Cobalt.
-            logger.debug("store read for job %s failed, waiting on: %s", job_id, exc)
+            logger.debug(
+                "store read for job %s failed, waiting on: %s",
+                job_id,
+                exc,
+                extra=ids(job_id),
+            )
 
     def _add_timer(self, when: float, job_id: str) -> None:
         earliest = self._timers[0][0] if self._timers else math.inf

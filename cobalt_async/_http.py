@@ -258,6 +258,14 @@ class Requester:
                 status or failure,
                 elapsed_ms,
                 attempt + 1,
+                extra={
+                    "cobalt_method": method,
+                    "cobalt_path": self.base_path + path,
+                    "cobalt_status": status,
+                    "cobalt_failure": failure or None,
+                    "cobalt_elapsed_ms": round(elapsed_ms, 1),
+                    "cobalt_attempt": attempt + 1,
+                },
             )
 
 

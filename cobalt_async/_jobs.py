@@ -18,6 +18,7 @@ from ._config import DEFAULT_JOB_TIMEOUT, NotGiven, PollPolicy
 from ._errors import APIError, ClientClosedError, RequestValidationError, SinkUnavailableError
 from ._handles import JobHandle
 from ._http import Requester, parse_answer
+from ._logs import ids
 from ._outcome import JobKind, Outcome, PendingJob
 from ._reconcile import SKEW, Reconciliation, UnknownCreate, settle, terminal_events
 from .models import (
@@ -194,7 +195,9 @@ class Jobs:
             if not await self._sink.get_outcomes([handle.job_id]):
                 await self._sink.publish(event, via="poll")
         except SinkUnavailableError as exc:
-            logger.debug("reconciled job %s not stored: %s", handle.job_id, exc)
+            logger.debug(
+                "reconciled job %s not stored: %s", handle.job_id, exc, extra=ids(handle.job_id)
+            )
         return Reconciliation("found", handle, [event], 0, searched_until)
 
     async def pending(self) -> list[PendingJob]:
@@ -225,7 +228,10 @@ class Jobs:
         try:
             await self._sink.add_pending(job)
         except SinkUnavailableError as exc:
-            logger.debug("job %s not recorded as pending: %s", handle.job_id, exc)  # see the sink's
+            # The sink logs its outage itself.
+            logger.debug(
+                "job %s not recorded as pending: %s", handle.job_id, exc, extra=ids(handle.job_id)
+            )
 
     async def first_terminal_event(self, job_id: str) -> JobEvent | None:
         """Cobalt's first terminal event for *job_id*, or ``None`` (also once closed)."""

@@ -13,6 +13,7 @@ import anyio
 from pydantic import ValidationError
 
 from ._errors import SinkUnavailableError, WebhookVerificationError
+from ._logs import ids
 from ._signing import RAW, Headers, HeaderValue, Verifier, delivery_headers
 from .models import Event, MalformedJobEvent, parse_event
 from .sinks import Sink
@@ -136,14 +137,30 @@ class WebhookReceiver:
                 with anyio.fail_after(self.publish_timeout):
                     result = await self.sink.publish(event, delivery_id=delivery_id)
         except (SinkUnavailableError, TimeoutError) as exc:
-            logger.error("webhook for job %s not stored, answering 503: %s", event.job_id, exc)
+            logger.error(
+                "webhook for job %s not stored, answering 503: %s",
+                event.job_id,
+                exc,
+                extra=ids(event=event, answer="unavailable"),
+            )
             return Receipt(503, "unavailable", "the sink could not store the event", event)
         if logger.isEnabledFor(logging.DEBUG):  # one check, not two calls, per delivery
-            logger.debug("webhook %s for job %s: %s", event.type, event.job_id, result)
+            logger.debug(
+                "webhook %s for job %s: %s",
+                event.type,
+                event.job_id,
+                result,
+                extra=ids(event=event, answer=result),
+            )
         if type(event) is MalformedJobEvent and result == "accepted":
             # Stored, so its waiters learn now; not a 2xx, so that Cobalt records the
             # delivery as failed and a newer version can recover it from the listing.
-            logger.warning("webhook for job %s unreadable: %s", event.job_id, event.problem)
+            logger.warning(
+                "webhook for job %s unreadable: %s",
+                event.job_id,
+                event.problem,
+                extra=ids(event=event, answer="unreadable"),
+            )
             return Receipt(422, "unreadable", event.problem, event)
         shared = None if keep_event else _STORED.get(result)
         return shared or Receipt(200, result, result, event)

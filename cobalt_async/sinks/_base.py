@@ -37,6 +37,7 @@ from anyio.abc import TaskGroup
 
 from .._config import DEFAULT_POLL_POLICY, PollPolicy
 from .._correlation import Correlator
+from .._logs import ids
 from .._outcome import Backstop, Outcome, PendingJob, PublishResult, Via
 from ..models import Event, JobEvent, is_terminal
 
@@ -188,6 +189,7 @@ class Sink(abc.ABC):
             job_id,
             job_event.type,
             kept.event.type,
+            extra=ids(job_id, event=job_event),
         )
         return "conflict"
 
