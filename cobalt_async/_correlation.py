@@ -29,6 +29,7 @@ from ._config import PollPolicy
 from ._errors import APIError, JobTimeoutError, SinkUnavailableError
 from ._logs import ids
 from ._outcome import Backstop, Outcome, PublishResult, Via
+from ._telemetry import sink_error
 from .models import JobEvent
 
 logger = logging.getLogger("cobalt_async.correlation")
@@ -214,6 +215,7 @@ class Correlator:
         try:
             await self.recheck([job_id])
         except SinkUnavailableError as exc:
+            sink_error("read")
             # The sink will be re-read on reconnect, and the backstop still polls Cobalt.
             logger.debug(
                 "store read for job %s failed, waiting on: %s",

@@ -8,6 +8,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 from ._config import NOT_GIVEN, NotGiven
 from ._errors import JobFailedError, MalformedEventError
 from ._outcome import JobKind, Outcome, Via
+from ._telemetry import job_resolved
 from .models import (
     JobEvent,
     MalformedJobEvent,
@@ -108,6 +109,14 @@ class JobHandle(Generic[E]):
         """Whether this handle already knows its job's outcome."""
         return self._outcome is not None
 
+    def _settle(self, outcome: Outcome) -> Outcome:
+        """Keep the outcome the first time this handle learns it; return the one kept."""
+        if self._outcome is not None:
+            return self._outcome  # another waiter of this handle settled it meanwhile
+        self._outcome, self.resolved_at = outcome, time.time()
+        job_resolved(self.job_id, self.kind, outcome, self.submitted_at, self.resolved_at)
+        return outcome
+
     async def wait(self, timeout: float | None | NotGiven = NOT_GIVEN) -> E:
         """
         Wait for the job's outcome.
@@ -125,10 +134,10 @@ class JobHandle(Generic[E]):
             JobTimeoutError: No outcome in time. The job was not cancelled and may still
                 succeed: wait again, or attach to the job_id later. Do not resubmit.
         """
-        if self._outcome is None:
-            self._outcome = await self._jobs.wait_for(self.job_id, timeout)
-            self.resolved_at = time.time()
-        event = self._outcome.event
+        outcome = self._outcome
+        if outcome is None:
+            outcome = self._settle(await self._jobs.wait_for(self.job_id, timeout))
+        event = outcome.event
         if type(event) is MalformedJobEvent:
             raise MalformedEventError(event)
         if is_failure(event):

@@ -37,6 +37,7 @@ from ._errors import (
     RateLimitError,
     ServerError,
 )
+from ._telemetry import request_span
 from .models import ErrorBody
 from .models._json import decode_json, is_json_error
 
@@ -160,6 +161,25 @@ class Requester:
         idempotent: bool,
         content: bytes | None = None,
         params: dict[str, Any] | None = None,
+    ) -> httpx.Response:
+        with request_span(method, self.base_path + path) as span:
+            try:
+                response = await self._attempts(method, path, idempotent, content, params)
+            except APIStatusError as exc:
+                if span is not None:
+                    span.set_attribute("http.response.status_code", exc.status_code)
+                raise
+            if span is not None:
+                span.set_attribute("http.response.status_code", response.status_code)
+            return response
+
+    async def _attempts(
+        self,
+        method: str,
+        path: str,
+        idempotent: bool,
+        content: bytes | None,
+        params: dict[str, Any] | None,
     ) -> httpx.Response:
         if self.closed:
             msg = "the CobaltClient is closed; create a new one (or use it inside `async with`)"

@@ -21,6 +21,7 @@ from ._http import Requester, parse_answer
 from ._logs import ids
 from ._outcome import JobKind, Outcome, PendingJob
 from ._reconcile import SKEW, Reconciliation, UnknownCreate, settle, terminal_events
+from ._telemetry import sink_error
 from .models import (
     Event,
     JobEvent,
@@ -228,6 +229,7 @@ class Jobs:
         try:
             await self._sink.add_pending(job)
         except SinkUnavailableError as exc:
+            sink_error("add_pending")
             # The sink logs its outage itself.
             logger.debug(
                 "job %s not recorded as pending: %s", handle.job_id, exc, extra=ids(handle.job_id)

@@ -26,6 +26,8 @@ class Outcome(NamedTuple):
 
     event: JobEvent
     via: Via
+    trace: str | None = None
+    """The W3C ``traceparent`` of the delivery that brought it, when tracing is on."""
 
 
 Backstop: TypeAlias = Callable[[str], Awaitable[JobEvent | None]]

@@ -16,6 +16,7 @@ from ._handles import JobHandle
 from ._http import Requester, parse_answer
 from ._jobs import Jobs
 from ._outcome import JobKind
+from ._telemetry import job_submitted
 from ._validation import build_request
 from .models import (
     TaskCreated,
@@ -64,6 +65,7 @@ class _Submitter(abc.ABC, Generic[Request, Params, Answer, E]):
             raise
         handle = self._handle(answer)
         await self._jobs.track(handle)
+        job_submitted(self.kind)
         return handle
 
     async def create_many(

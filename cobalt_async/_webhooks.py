@@ -6,6 +6,7 @@ import inspect
 import logging
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 from ._errors import SinkUnavailableError, WebhookVerificationError
 from ._logs import ids
 from ._signing import RAW, Headers, HeaderValue, Verifier, delivery_headers
+from ._telemetry import delivered, delivery_span, observing, sink_error, tracer
 from .models import Event, MalformedJobEvent, parse_event
 from .sinks import Sink
 
@@ -127,9 +129,28 @@ class WebhookReceiver:
         oversized body before reading it). With ``keep_event=False`` a stored event's
         receipt is a shared one, without the event: for callers that only answer its status.
         """
+        if observing():
+            return await self._observed(body, signature, delivery_id, keep_event)
         event = self._verified(body, signature)
         if isinstance(event, Receipt):
             return event
+        return await self._store(event, delivery_id, keep_event)
+
+    async def _observed(
+        self, body: bytes, signature: HeaderValue, delivery_id: str | None, keep_event: bool
+    ) -> Receipt:
+        """:meth:`ingest` in a delivery span, counted by its answer."""
+        found = tracer()
+        with delivery_span(found) if found is not None else nullcontext() as span:
+            event = self._verified(body, signature)
+            if isinstance(event, Receipt):
+                receipt, job_id = event, None
+            else:
+                receipt, job_id = await self._store(event, delivery_id, keep_event), event.job_id
+            delivered(span, receipt.status_code, receipt.result, job_id)
+            return receipt
+
+    async def _store(self, event: Event, delivery_id: str | None, keep_event: bool) -> Receipt:
         try:
             if getattr(self.sink, "stores_in_process", False):
                 result = await self.sink.publish(event, delivery_id=delivery_id)
@@ -143,6 +164,7 @@ class WebhookReceiver:
                 exc,
                 extra=ids(event=event, answer="unavailable"),
             )
+            sink_error("publish")
             return Receipt(503, "unavailable", "the sink could not store the event", event)
         if logger.isEnabledFor(logging.DEBUG):  # one check, not two calls, per delivery
             logger.debug(

@@ -39,6 +39,7 @@ from .._config import DEFAULT_POLL_POLICY, PollPolicy
 from .._correlation import Correlator
 from .._logs import ids
 from .._outcome import Backstop, Outcome, PendingJob, PublishResult, Via
+from .._telemetry import current_traceparent
 from ..models import Event, JobEvent, is_terminal
 
 logger = logging.getLogger("cobalt_async.sinks")
@@ -175,7 +176,7 @@ class Sink(abc.ABC):
             return "accepted"
         job_event: JobEvent = event  # type: ignore[assignment]
         job_id = str(event.job_id)
-        outcome = Outcome(job_event, via)
+        outcome = Outcome(job_event, via, current_traceparent())
         kept = await self.put_if_absent(job_id, outcome)
         self._correlator.resolve(job_id, kept or outcome)
         if kept is None:

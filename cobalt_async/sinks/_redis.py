@@ -526,13 +526,15 @@ def _backoff(failures: int) -> float:
 
 def _encode(outcome: Outcome) -> bytes:
     event = outcome.event.model_dump_json().encode()
-    return b'{"via":"%s","event":%s}' % (outcome.via.encode(), event)
+    # A traceparent is [0-9a-f-] only: it needs no escaping.
+    trace = b'"trace":"%s",' % outcome.trace.encode() if outcome.trace else b""
+    return b'{"via":"%s",%s"event":%s}' % (outcome.via.encode(), trace, event)
 
 
 def _decode(value: bytes) -> Outcome:
     stored = json.loads(value)
     event: JobEvent = parse_event(stored["event"])  # type: ignore[assignment]
-    return Outcome(event, stored.get("via", "webhook"))
+    return Outcome(event, stored.get("via", "webhook"), stored.get("trace"))
 
 
 def _pending_job(job_id: str, raw: bytes) -> PendingJob:
