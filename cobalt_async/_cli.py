@@ -161,8 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--poll-silence",
         type=_positive(float),
-        default=3.0,
-        help="seconds without a webhook before a handle polls Cobalt (3)",
+        default=None,
+        help="seconds without a webhook before a handle polls Cobalt "
+        "(default: 10, or 20x --latency when more)",
     )
     demo.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     _add_faults(demo)

@@ -53,6 +53,7 @@ def test_demo_loses_nothing_under_duplicates_early_and_dropped_webhooks() -> Non
     status, summary = run_demo(
         *("--tasks", "200", "--duplicate-rate", "0.1", "--early-rate", "0.1"),
         *("--drop-rate", "0.05", "--failure-rate", "0.05", "--seed", "7"),
+        *("--poll-silence", "3"),  # dropped webhooks are what this test waits for
     )
 
     assert summary["lost"] == 0, summary.get("lost_job_ids")
@@ -87,8 +88,12 @@ def test_demo_with_default_settings_resolves_400_jobs_quickly() -> None:
 
     assert status == 0
     assert summary["submitted"] == 400
+    assert (summary["tasks"], summary["notes"]) == (200, 200)
     assert summary["succeeded"] == 400
     assert summary["lost"] == summary["failed"] == 0
+    # No fault injected: nothing to recover by polling, no delivery repeated.
+    assert summary["resolved_via"] == {"webhook": 400}
+    assert summary["duplicates"] == summary["backstop_polls"] == 0
     assert_accounted_for(summary)
     assert summary["wall_s"] < 20
 
@@ -111,6 +116,7 @@ def test_demo_chaos_5000_tasks_loses_nothing() -> None:
         *("--tasks", "5000", "--duplicate-rate", "0.1", "--early-rate", "0.1"),
         *("--drop-rate", "0.05", "--failure-rate", "0.05", "--http-error-rate", "0.05"),
         *("--lost-answer-rate", "0.02", "--seed", "11", "--timeout", "400"),
+        *("--poll-silence", "3"),
         timeout=500,
         measured=False,
     )
