@@ -1,3 +1,12 @@
+"""
+The README's FastAPI service: create a task in the EHR and answer once its webhook came back.
+
+    uvicorn examples.fastapi_minimal:app --port 8000
+
+Set COBALT_CLIENT_ID, COBALT_CLIENT_SECRET, COBALT_ACCESS_TOKEN and COBALT_WEBHOOK_SECRET
+first; its tests (tests/testing/test_app_with_fake.py) run it against FakeCobalt instead.
+"""
+
 from fastapi import FastAPI
 from pydantic import BaseModel
 

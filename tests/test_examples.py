@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import pty
 import re
@@ -139,3 +140,18 @@ def test_batch_submit_draws_a_progress_bar_on_a_terminal() -> None:
     assert "━" in out  # rich's bar
     assert "resolved 50/50" not in out  # the plain lines are for pipes
     assert re.search(r"50 tasks: \d+ created, \d+ failed, 0 refused, 0 unknown", out)
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(path for path in EXAMPLES.glob("*.py") if path.name != "__init__.py"),
+    ids=lambda path: path.name,
+)
+def test_every_example_is_in_the_readme_and_says_how_to_run_it(path: Path) -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+
+    assert f"`examples/{path.name}`" in readme
+    assert docstring is not None
+    module = f"examples.{path.stem}:app"
+    assert f"python examples/{path.name}" in docstring or f"uvicorn {module}" in docstring
