@@ -40,6 +40,19 @@ def redis_server_binary() -> str:
     return binary
 
 
+_MAX_CLUSTER_PORT = 55535
+"""A cluster node also listens on its port + 10,000: redis-server refuses a higher one."""
+
+
+def _cluster_port() -> int:
+    for _ in range(100):
+        port = free_port()
+        if port <= _MAX_CLUSTER_PORT:
+            return port
+    msg = f"no free loopback port <= {_MAX_CLUSTER_PORT} for a cluster node"
+    raise RuntimeError(msg)
+
+
 class RedisServer:
     """One ``redis-server`` process on a fixed loopback port and data directory."""
 
@@ -50,7 +63,7 @@ class RedisServer:
         self.dir = directory
         self.persistent = persistent
         self.cluster = cluster
-        self.port = free_port()
+        self.port = _cluster_port() if cluster else free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
