@@ -41,6 +41,7 @@ def _bench(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_every_benchmark_reports_one_json_line_with_its_baseline_and_ratio() -> None:
     done = _bench("--smoke", "--json")
 

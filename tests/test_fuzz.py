@@ -674,6 +674,7 @@ SURROGATE_BODY = b'{"type":"task.created","job_id":"1","data":{"emr_task_id":"\\
 DEEP_BODY = b"[" * 4_000
 
 
+@pytest.mark.slow
 def test_receiver_answers_any_delivery(log_lines: LogLines, portals: Portals) -> None:
     runs = 0
 
@@ -828,6 +829,7 @@ def answered_status(sent: list[Message]) -> int | None:
     return int(start["status"])
 
 
+@pytest.mark.slow
 def test_asgi_app_answers_any_delivery(log_lines: LogLines, portals: Portals) -> None:
     runs = 0
 
@@ -928,6 +930,7 @@ def check_valid(valid: ValidDelivery, seen: Observed) -> None:
         assert published.raw == valid.event
 
 
+@pytest.mark.slow
 def test_receiver_accepts_every_valid_event(log_lines: LogLines, portals: Portals) -> None:
     runs = 0
 
@@ -950,6 +953,7 @@ def test_receiver_accepts_every_valid_event(log_lines: LogLines, portals: Portal
     assert runs >= VALID_RECEIVER_EXAMPLES
 
 
+@pytest.mark.slow
 def test_asgi_app_accepts_every_valid_event(log_lines: LogLines, portals: Portals) -> None:
     runs = 0
 

@@ -33,6 +33,7 @@ def early_webhooks(receiver: WebhookReceiver) -> httpx.MockTransport:
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the sink's logic has no backend in it
+@pytest.mark.slow
 async def test_a_batch_larger_than_the_bound_loses_no_early_outcome() -> None:
     """25,000 fast jobs, a bound of 1,000: every handle resolves from the sink, none polls."""
     sink = InMemorySink(max_outcomes=BOUND)
