@@ -151,10 +151,13 @@ def current_traceparent() -> str | None:
 def delivered(span: Span | None, status: int, answer: str, job_id: str | None) -> None:
     """Count a delivery by its answer, and describe its span."""
     if span is not None:
-        span.set_attribute("http.response.status_code", status)
-        span.set_attribute("cobalt.webhook.answer", answer)
+        attributes: dict[str, str | int] = {
+            "http.response.status_code": status,
+            "cobalt.webhook.answer": answer,
+        }
         if job_id is not None:
-            span.set_attribute("cobalt.job_id", job_id)
+            attributes["cobalt.job_id"] = job_id
+        span.set_attributes(attributes)
     instruments = _metrics()
     if instruments is not None:
         instruments.deliveries.add(1, {"cobalt.webhook.answer": answer})
