@@ -50,7 +50,8 @@ class RedisServer:
         self.dir = directory
         self.persistent = persistent
         self.cluster = cluster
-        self.port = free_port()
+        # A cluster node also listens on its port + 10,000, so Redis refuses ports above 55535.
+        self.port = free_port(highest=55535) if cluster else free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
