@@ -40,19 +40,6 @@ def redis_server_binary() -> str:
     return binary
 
 
-_MAX_CLUSTER_PORT = 55535
-"""A cluster node also listens on its port + 10,000: redis-server refuses a higher one."""
-
-
-def _cluster_port() -> int:
-    for _ in range(100):
-        port = free_port()
-        if port <= _MAX_CLUSTER_PORT:
-            return port
-    msg = f"no free loopback port <= {_MAX_CLUSTER_PORT} for a cluster node"
-    raise RuntimeError(msg)
-
-
 class RedisServer:
     """One ``redis-server`` process on a fixed loopback port and data directory."""
 
@@ -63,7 +50,8 @@ class RedisServer:
         self.dir = directory
         self.persistent = persistent
         self.cluster = cluster
-        self.port = _cluster_port() if cluster else free_port()
+        # A cluster node also listens on its port + 10,000, so Redis refuses ports above 55535.
+        self.port = free_port(highest=55535) if cluster else free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0

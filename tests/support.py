@@ -460,11 +460,14 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 
 
-def free_port() -> int:
+def free_port(*, highest: int = 65535) -> int:
     """A loopback port nothing listens on (free when asked; a server binds it next)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port <= highest:
+            return port
 
 
 class Server:

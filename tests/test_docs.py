@@ -11,7 +11,7 @@ import pytest
 
 from cobalt_async.models import parse_event
 from cobalt_async.sinks import Sink
-from cobalt_async.testing import make_task_created_event
+from cobalt_async.testing import SinkContract, make_task_created_event
 
 pytestmark = pytest.mark.anyio
 
@@ -52,3 +52,10 @@ async def test_the_example_sink_resolves_a_wait_once() -> None:
 
     assert ("7", "webhook") == (outcome.event.job_id, outcome.via)
     assert (1, 0) == (sink.stats().duplicates, sink.stats().pending)
+
+
+class TestTheGuidesSinkKeepsTheContract(SinkContract):
+    """The guide's ``DictSink``, one process, passes the contract the guide tells users to run."""
+
+    async def make_sinks(self, count: int) -> list[Sink]:
+        return [example_sink()()] * count

@@ -1,5 +1,6 @@
 """
-Test helpers: :class:`FakeCobalt`, a simulator of Cobalt's task API, and event factories.
+Test helpers: :class:`FakeCobalt`, a simulator of Cobalt's task API, event factories, and
+:class:`SinkContract`, the tests every sink passes (docs/writing-a-sink.md).
 
 ```python
 from cobalt_async.testing import FakeCobalt, make_task_created_event, signed_delivery
@@ -9,6 +10,7 @@ from cobalt_async.testing import FakeCobalt, make_task_created_event, signed_del
 """
 
 from .._signing import sign_webhook
+from ._contract import SinkContract
 from ._factories import (
     make_task_created_event,
     make_task_failed_event,
@@ -22,6 +24,7 @@ from ._fastapi import app_with_fake
 __all__ = [
     "FakeCobalt",
     "FakeStats",
+    "SinkContract",
     "app_with_fake",
     "make_task_created_event",
     "make_task_failed_event",

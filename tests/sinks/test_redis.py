@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -38,6 +38,7 @@ from cobalt_async import (
 from cobalt_async._signing import compact_json
 from cobalt_async.models import TaskCreatedEvent, UnknownEvent, parse_event
 from cobalt_async.sinks import Outcome, PendingJob
+from cobalt_async.testing._contract import StoreReads
 from tests._redis_server import RedisServer
 
 try:
@@ -137,29 +138,6 @@ def client_for(sink: RedisSink, **kwargs: Any) -> CobaltClient:
     kwargs.setdefault("poll", PollPolicy(silence=60.0, max_silence=60.0))
     return CobaltClient(client_id="id", client_secret="secret", access_token="token", sink=sink,
                         **kwargs)  # fmt: skip
-
-
-class StoreReads:
-    """Counts a sink's store reads and lets a test wait for the next one to finish."""
-
-    def __init__(self, sink: RedisSink) -> None:
-        self.count = 0
-        self._changed = anyio.Event()
-        inner = sink.get_outcomes
-
-        async def get_outcomes(job_ids: Sequence[str]) -> dict[str, Outcome]:
-            try:
-                return await inner(job_ids)
-            finally:
-                self.count += 1
-                self._changed.set()
-                self._changed = anyio.Event()
-
-        sink.get_outcomes = get_outcomes  # type: ignore[method-assign]
-
-    async def wait_for(self, count: int) -> None:
-        while self.count < count:
-            await self._changed.wait()
 
 
 def raw_redis(server: RedisServer) -> Any:
