@@ -40,6 +40,8 @@ from .models import (
     TaskNoteCreatedEvent,
     TaskNoteFailedEvent,
     UnknownEvent,
+    Webhook,
+    WebhookList,
 )
 from .sinks import InMemorySink, Sink, SinkStats
 
@@ -84,6 +86,8 @@ __all__ = [
     "TaskNoteFailedEvent",
     "UnknownEvent",
     "WaitResult",
+    "Webhook",
+    "WebhookList",
     "WebhookReceiver",
     "WebhookVerificationError",
     "__version__",

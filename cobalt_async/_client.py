@@ -18,6 +18,7 @@ from ._config import (
 from ._errors import ClientClosedError, ConfigurationError
 from ._http import Credentials, Requester, RetryPolicy, as_timeout
 from ._jobs import Jobs, WebhookEvents
+from ._registrations import Webhooks
 from ._resources import Tasks
 from .sinks import InMemorySink, Sink
 
@@ -102,6 +103,7 @@ class CobaltClient:
         self.webhook_events = webhook_events
         self.jobs = jobs
         self.tasks = Tasks(requester, jobs)
+        self.webhooks = Webhooks(requester)
 
     def with_options(
         self,

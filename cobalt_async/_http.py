@@ -153,6 +153,10 @@ class Requester:
     async def get(self, path: str, params: dict[str, Any]) -> httpx.Response:
         return await self._send("GET", path, params=params, idempotent=True)
 
+    async def delete(self, path: str) -> httpx.Response:
+        """DELETE is idempotent: retried like a GET."""
+        return await self._send("DELETE", path, idempotent=True)
+
     async def _send(
         self,
         method: str,

@@ -13,7 +13,8 @@ import hmac
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 from pydantic import ValidationError
@@ -131,18 +132,77 @@ def sign_webhook(payload: Mapping[str, Any] | bytes | str, secret: str) -> str:
 
 
 class Verifier:
-    """Checks Cobalt signatures against one or more secrets."""
+    """
+    Checks Cobalt signatures against one or more secrets, some of them retiring at a time.
 
-    def __init__(self, secrets: Sequence[str]) -> None:
+    *clock* gives the time retirements are measured on (``time.monotonic`` unless a test
+    injects one); a secret is dropped at the first check at or after its retirement.
+    """
+
+    def __init__(
+        self, secrets: Sequence[str], *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if isinstance(secrets, str) or not secrets or not all(secrets):
             msg = (
                 "secrets must be a non-empty list of webhook secrets, e.g. "
                 "secrets=[os.environ['COBALT_WEBHOOK_SECRET']]; during a rotation pass both"
             )
             raise ConfigurationError(msg)
-        self._macs = [hmac.new(secret.encode(), digestmod=hashlib.sha256) for secret in secrets]
+        self.clock = clock
+        # secret -> (its HMAC state, when it retires or None): keyed by the secret itself, so
+        # adding one twice is harmless; never shown by any repr.
+        self._keys: dict[str, tuple[Any, float | None]] = {}
+        self._macs: list[Any] = []
+        self._next_retirement = math.inf
+        for secret in secrets:
+            self.add(secret)
+
+    @property
+    def count(self) -> int:
+        """How many secrets verify now."""
+        self._prune()
+        return len(self._keys)
+
+    def add(self, secret: str) -> None:
+        """Accept *secret* from now on, until it is retired (an earlier retirement is cancelled)."""
+        if not isinstance(secret, str) or not secret.strip():
+            msg = "a webhook secret must be a non-empty string, such as rotate_secret() returned"
+            raise ConfigurationError(msg)
+        self._keys[secret] = (hmac.new(secret.encode(), digestmod=hashlib.sha256), None)
+        self._rebuild()
+
+    def retire(self, secret: str, *, after: float) -> bool:
+        """Stop accepting *secret* *after* seconds (0: now); ``False`` if it was not accepted."""
+        entry = self._keys.get(secret)
+        if entry is None:
+            return False
+        self._keys[secret] = (entry[0], self.clock() + max(0.0, after))
+        self._rebuild()
+        return True
+
+    def retire_all_but(self, keep: str, *, after: float) -> None:
+        """Retire every secret but *keep* *after* seconds (each keeps an earlier retirement)."""
+        deadline = self.clock() + max(0.0, after)
+        for secret, (mac, retires) in list(self._keys.items()):
+            if secret != keep:
+                self._keys[secret] = (mac, deadline if retires is None else min(retires, deadline))
+        self._rebuild()
+
+    def _prune(self) -> None:
+        if self.clock() >= self._next_retirement:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        now = self.clock()
+        retired = [secret for secret, (_, at) in self._keys.items() if at is not None and at <= now]
+        for secret in retired:
+            del self._keys[secret]
+        self._macs = [mac for mac, _ in self._keys.values()]
+        pending = [at for _, at in self._keys.values() if at is not None and at > now]
+        self._next_retirement = min(pending, default=math.inf)
 
     def _matches(self, body: bytes, signature: bytes) -> bool:
+        self._prune()
         found = False
         for mac in self._macs:
             candidate = mac.copy()

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
+import time
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal, TypeAlias
 
 import anyio
 from pydantic import ValidationError
 
-from ._errors import SinkUnavailableError, WebhookVerificationError
+from ._errors import ConfigurationError, SinkUnavailableError, WebhookVerificationError
 from ._logs import ids
 from ._signing import RAW, Headers, HeaderValue, Verifier, delivery_headers
 from ._telemetry import delivered, delivery_span, observing, sink_error, tracer
@@ -26,6 +29,8 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 # Cobalt waits 5 s for the first delivery and 2 s for its single retry: a sink that cannot
 # store within 1.5 s gets a 503 early enough for that retry to land.
 DEFAULT_PUBLISH_TIMEOUT = 1.5
+# Cobalt accepts a rotated-out secret for 24 hours; a receiver by default does the same.
+DEFAULT_ROTATION_GRACE = timedelta(hours=24)
 
 EventHook: TypeAlias = Callable[[Event], Awaitable[None] | None]
 ReceiptResult: TypeAlias = Literal[
@@ -83,15 +88,59 @@ class WebhookReceiver:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
         on_event: EventHook | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """
+        Args:
+            secrets: The webhook secrets deliveries may be signed with (two while rotating).
+            clock: Seconds on a monotonic clock, which secret retirements are timed on; a
+                test injects its own.
+        """
         self.sink = sink
         self.max_body_bytes = max_body_bytes
         self.publish_timeout = publish_timeout
         self.on_event = on_event
-        self._verifier = Verifier(secrets)
+        self._verifier = Verifier(secrets, clock=clock)
+
+    def rotate_secret(
+        self, new_secret: str, *, retire_old_after: float | timedelta = DEFAULT_ROTATION_GRACE
+    ) -> None:
+        """
+        Accept *new_secret* now, and the secrets accepted so far for *retire_old_after* more.
+
+        Call it with the secret ``client.webhooks.rotate_secret()`` returned, on a running
+        receiver: deliveries signed with either secret verify during the grace period, so
+        none is refused while Cobalt switches. The default grace is Cobalt's own: 24 hours.
+        """
+        self._verifier.add(new_secret)
+        self._verifier.retire_all_but(new_secret, after=_seconds(retire_old_after))
+
+    def add_secret(self, secret: str) -> None:
+        """Accept *secret* as well as the others, until it is retired."""
+        self._verifier.add(secret)
+
+    def retire_secret(self, secret: str, *, after: float | timedelta = 0.0) -> None:
+        """
+        Stop accepting *secret* *after* a delay (default: now).
+
+        Raises:
+            ConfigurationError: The receiver does not accept *secret* (the message does not
+                repeat it).
+        """
+        if not self._verifier.retire(secret, after=_seconds(after)):
+            msg = "retire_secret(): this receiver does not accept that secret"
+            raise ConfigurationError(msg)
+
+    @property
+    def secret_count(self) -> int:
+        """How many secrets verify deliveries now (counted, never shown)."""
+        return self._verifier.count
 
     def __repr__(self) -> str:
-        return f"<WebhookReceiver sink={self.sink!r} max_body_bytes={self.max_body_bytes}>"
+        return (
+            f"<WebhookReceiver sink={self.sink!r} max_body_bytes={self.max_body_bytes} "
+            f"secrets={self.secret_count}>"
+        )
 
     async def receive(self, body: bytes, headers: Headers, *, dispatch: bool = True) -> Receipt:
         """
@@ -211,3 +260,16 @@ class WebhookReceiver:
                 await result
         except Exception:
             logger.exception("on_event hook failed for a %s event", receipt.event.type)
+
+
+def _seconds(value: float | timedelta) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not math.isfinite(seconds)
+        or seconds < 0
+    ):
+        msg = f"a grace period is seconds >= 0 or a timedelta, got {value!r}"
+        raise ConfigurationError(msg)
+    return float(seconds)

@@ -26,6 +26,7 @@ from ._requests import (
     TaskNoteCreateRequest,
 )
 from ._responses import ErrorBody, Pagination, TaskCreated, TaskNoteCreated, WebhookEventList
+from ._webhooks import Webhook, WebhookList
 
 __all__ = [
     "ErrorBody",
@@ -49,7 +50,9 @@ __all__ = [
     "TaskNoteFailedData",
     "TaskNoteFailedEvent",
     "UnknownEvent",
+    "Webhook",
     "WebhookEventList",
+    "WebhookList",
     "event_from_record",
     "is_failure",
     "is_terminal",

@@ -28,6 +28,7 @@ from ._factories import (
     utc_timestamp,
 )
 from ._history import EventHistory, Record, RecordShape
+from ._registry import WebhookRegistry
 from ._stats import FakeStats
 from ._wire import Reply, error, field_problem, matches, notify_problem, read_json, send_reply
 
@@ -220,6 +221,8 @@ class FakeCobalt:
             "/v1/tasks/notes": {"POST": self._post_note},
             "/v1/webhook-events": {"GET": self._get_events},
         }
+        self.webhooks = WebhookRegistry(self, self._rng)
+        """The ``/v1/webhook`` registrations; a rotation changes :attr:`webhook_secret`."""
 
     def _check_config(self) -> None:
         rates = {
@@ -347,7 +350,11 @@ class FakeCobalt:
         self._log(f"{scope['method']} {scope['path']} -> {reply.status}{suffix}")
 
     async def _route(self, scope: Scope, receive: Receive) -> Reply:
-        methods = self._routes.get(scope["path"].rstrip("/"))
+        path = scope["path"].rstrip("/")
+        methods = self._routes.get(path)
+        if methods is None and self.webhooks.handles(path):
+            refusal = self._authenticate(scope["headers"])
+            return refusal or await self.webhooks.route(scope["method"], path, receive)
         if methods is None:
             return error(404, "Not found.")
         handler = methods.get(scope["method"])
