@@ -31,6 +31,8 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_PUBLISH_TIMEOUT = 1.5
 # Cobalt accepts a rotated-out secret for 24 hours; a receiver by default does the same.
 DEFAULT_ROTATION_GRACE = timedelta(hours=24)
+# Long enough to rotate at Cobalt and hand the receivers the answer.
+DEFAULT_ROTATION_HOLD = 60.0
 
 EventHook: TypeAlias = Callable[[Event], Awaitable[None] | None]
 ReceiptResult: TypeAlias = Literal[
@@ -101,6 +103,17 @@ class WebhookReceiver:
         self.publish_timeout = publish_timeout
         self.on_event = on_event
         self._verifier = Verifier(secrets, clock=clock)
+        self._hold_until = -math.inf
+
+    def expect_new_secret(self, *, within: float | timedelta = DEFAULT_ROTATION_HOLD) -> None:
+        """
+        Until a secret is added (or *within* passes), answer 503 where a signature fits none.
+
+        For the moment between rotating at Cobalt and handing the new secret to this
+        receiver: a delivery already signed with it gets a 503, which Cobalt retries once
+        after 1 s, instead of a 401, which it never retries. Nothing is stored meanwhile.
+        """
+        self._hold_until = self._verifier.clock() + _seconds(within)
 
     def rotate_secret(
         self, new_secret: str, *, retire_old_after: float | timedelta = DEFAULT_ROTATION_GRACE
@@ -112,12 +125,15 @@ class WebhookReceiver:
         receiver: deliveries signed with either secret verify during the grace period, so
         none is refused while Cobalt switches. The default grace is Cobalt's own: 24 hours.
         """
+        grace = _seconds(retire_old_after)
         self._verifier.add(new_secret)
-        self._verifier.retire_all_but(new_secret, after=_seconds(retire_old_after))
+        self._verifier.retire_all_but(new_secret, after=grace)
+        self._hold_until = -math.inf
 
     def add_secret(self, secret: str) -> None:
         """Accept *secret* as well as the others, until it is retired."""
         self._verifier.add(secret)
+        self._hold_until = -math.inf
 
     def retire_secret(self, secret: str, *, after: float | timedelta = 0.0) -> None:
         """
@@ -243,6 +259,9 @@ class WebhookReceiver:
         try:
             parsed = self._verifier.verify(body, signature)
         except WebhookVerificationError as exc:
+            if self._verifier.clock() < self._hold_until:
+                logger.warning("webhook held for a secret rotation, answering 503: %s", exc)
+                return Receipt(503, "unavailable", "signature unknown during a secret rotation")
             logger.warning("webhook refused: %s", exc)
             return Receipt(401, "unauthorized", str(exc))
         try:
