@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import replace
+from datetime import timedelta
 
 import httpx
 
-from ._errors import RequestValidationError
+from ._errors import APIError, ConfigurationError, RequestValidationError
 from ._http import Requester, parse_answer
+from ._secrets_file import FILE_ENV, SecretsFile, grace_seconds, write
 from .models import Webhook, WebhookList
 
 _UNREADABLE = "Cobalt answered but not with a webhook registration"
@@ -57,18 +61,54 @@ class Webhooks:
         """
         await self._requester.delete(f"/webhook/{_plain_id(webhook_id)}")
 
-    async def rotate_secret(self, webhook_id: str) -> Webhook:
+    async def rotate_secret(
+        self,
+        webhook_id: str,
+        *,
+        secrets_file: str | os.PathLike[str] | None = None,
+        retire_old_after: float | timedelta = timedelta(hours=24),
+    ) -> Webhook:
         """
         Give *webhook_id* a new signing secret; Cobalt accepts the previous one for 24 hours.
 
-        Add the new secret to every receiver first (``WebhookReceiver.rotate_secret``), so
-        that deliveries signed with either keep verifying (docs/webhooks.md, "Rotating").
+        With *secrets_file* (the file every ``WebhookReceiver(secrets_file=...)`` of a fleet
+        reads), the file is rolled around the call: first marked ``expect-new-secret`` (a
+        delivery already signed with the new secret gets a 503, which Cobalt retries,
+        rather than a 401), then given the new secret, the old ones retiring after
+        *retire_old_after*. Without it, hand the new secret to your receivers with
+        ``WebhookReceiver.rotate_secret`` (docs/webhooks.md, "Rotating a secret").
 
         Raises:
             RequestValidationError: *webhook_id* is empty or not a plain id; nothing was sent.
+            ConfigurationError: *secrets_file* cannot be read or has no secret; nothing was sent.
             APIError: Cobalt refused the request, or it failed in transit (not retried).
+                A *secrets_file* is then put back as it was, unless the outcome is unknown.
         """
         plain = _plain_id(webhook_id)
+        grace = grace_seconds(retire_old_after)
+        if secrets_file is None:
+            return await self._rotate(plain)
+        before = SecretsFile(secrets_file).read()
+        if not before.entries:
+            msg = f"the webhook secrets file ({FILE_ENV}) lists no secret to rotate from"
+            raise ConfigurationError(msg)
+        write(secrets_file, replace(before, expecting=True))
+        try:
+            hook = await self._rotate(plain)
+        except APIError as exc:
+            if not exc.outcome_unknown:
+                write(secrets_file, before)
+            # Outcome unknown: Cobalt may sign with a secret nobody has; the hold stays
+            # for its minute, and client.webhooks.retrieve() may show the new secret.
+            raise
+        if hook.secret is None:
+            write(secrets_file, before)
+            msg = "Cobalt's rotation answer carries no secret: the secrets file is unchanged"
+            raise APIError(msg, method="POST", path=f"/v1/webhook/{plain}/rotate-secret")
+        write(secrets_file, before.rotated(hook.secret.get_secret_value(), grace=grace))
+        return hook
+
+    async def _rotate(self, plain: str) -> Webhook:
         response = await self._requester.post(f"/webhook/{plain}/rotate-secret", b"{}")
         hook = parse_answer(Webhook, response, problem=_UNREADABLE, outcome_unknown=True)
         return hook if hook.id else hook.model_copy(update={"id": plain})

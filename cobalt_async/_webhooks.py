@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 
 from ._errors import ConfigurationError, SinkUnavailableError, WebhookVerificationError
 from ._logs import ids
+from ._secrets_file import FILE_ENV, SecretsContent, SecretsFile, grace_seconds
 from ._signing import RAW, Headers, HeaderValue, Verifier, delivery_headers
 from ._telemetry import delivered, delivery_span, observing, sink_error, tracer
 from .models import Event, MalformedJobEvent, parse_event
@@ -86,7 +88,8 @@ class WebhookReceiver:
         self,
         sink: Sink,
         *,
-        secrets: Sequence[str],
+        secrets: Sequence[str] = (),
+        secrets_file: str | os.PathLike[str] | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
         on_event: EventHook | None = None,
@@ -95,6 +98,9 @@ class WebhookReceiver:
         """
         Args:
             secrets: The webhook secrets deliveries may be signed with (two while rotating).
+            secrets_file: Read the secrets from this file instead, and again whenever it
+                changes: how a fleet of workers rolls a new secret without a restart
+                (docs/webhooks.md, "Rotating across workers").
             clock: Seconds on a monotonic clock, which secret retirements are timed on; a
                 test injects its own.
         """
@@ -102,8 +108,41 @@ class WebhookReceiver:
         self.max_body_bytes = max_body_bytes
         self.publish_timeout = publish_timeout
         self.on_event = on_event
-        self._verifier = Verifier(secrets, clock=clock)
         self._hold_until = -math.inf
+        self._clock = clock
+        self._file = None if secrets_file is None else SecretsFile(secrets_file, clock=clock)
+        if self._file is None:
+            self._verifier = Verifier(secrets, clock=clock)
+        elif secrets:
+            msg = "pass secrets= or secrets_file=, not both: the file is the one source"
+            raise ConfigurationError(msg)
+        else:
+            self._verifier = self._loaded(self._file.read())
+
+    def _loaded(self, content: SecretsContent) -> Verifier:
+        if not content.entries:
+            msg = f"the webhook secrets file ({FILE_ENV}) lists no secret"
+            raise ConfigurationError(msg)
+        verifier = Verifier([entry.secret for entry in content.entries], clock=self._clock)
+        wall = time.time()
+        for entry in content.entries:
+            if entry.retire_at is not None:
+                verifier.retire(entry.secret, after=entry.retire_at.timestamp() - wall)
+        self._hold_until = self._clock() + DEFAULT_ROTATION_HOLD if content.expecting else -math.inf
+        return verifier
+
+    def _reload(self, *, now: bool) -> bool:
+        """Re-read the secrets file if it changed; whether it was."""
+        if self._file is None or not self._file.changed(now=now):
+            return False
+        try:
+            self._verifier = self._loaded(self._file.read())
+        except ConfigurationError as exc:
+            # Half-edited by hand, say: the secrets loaded before stay in force.
+            logger.warning("webhook secrets file not reloaded: %s", exc)
+            return False
+        logger.info("webhook secrets reloaded: %d in force", self._verifier.count)
+        return True
 
     def expect_new_secret(self, *, within: float | timedelta = DEFAULT_ROTATION_HOLD) -> None:
         """
@@ -113,7 +152,7 @@ class WebhookReceiver:
         receiver: a delivery already signed with it gets a 503, which Cobalt retries once
         after 1 s, instead of a 401, which it never retries. Nothing is stored meanwhile.
         """
-        self._hold_until = self._verifier.clock() + _seconds(within)
+        self._hold_until = self._verifier.clock() + grace_seconds(within)
 
     def rotate_secret(
         self, new_secret: str, *, retire_old_after: float | timedelta = DEFAULT_ROTATION_GRACE
@@ -125,7 +164,7 @@ class WebhookReceiver:
         receiver: deliveries signed with either secret verify during the grace period, so
         none is refused while Cobalt switches. The default grace is Cobalt's own: 24 hours.
         """
-        grace = _seconds(retire_old_after)
+        grace = grace_seconds(retire_old_after)
         self._verifier.add(new_secret)
         self._verifier.retire_all_but(new_secret, after=grace)
         self._hold_until = -math.inf
@@ -143,7 +182,7 @@ class WebhookReceiver:
             ConfigurationError: The receiver does not accept *secret* (the message does not
                 repeat it).
         """
-        if not self._verifier.retire(secret, after=_seconds(after)):
+        if not self._verifier.retire(secret, after=grace_seconds(after)):
             msg = "retire_secret(): this receiver does not accept that secret"
             raise ConfigurationError(msg)
 
@@ -256,8 +295,15 @@ class WebhookReceiver:
         """The delivery's event, or the receipt that refuses it."""
         if len(body) > self.max_body_bytes:
             return Receipt(413, "too_large", f"body over {self.max_body_bytes} bytes")
+        self._reload(now=False)
         try:
-            parsed = self._verifier.verify(body, signature)
+            try:
+                parsed = self._verifier.verify(body, signature)
+            except WebhookVerificationError:
+                # Signed with a secret the file got since it was last read?
+                if not self._reload(now=True):
+                    raise
+                parsed = self._verifier.verify(body, signature)
         except WebhookVerificationError as exc:
             if self._verifier.clock() < self._hold_until:
                 logger.warning("webhook held for a secret rotation, answering 503: %s", exc)
@@ -279,16 +325,3 @@ class WebhookReceiver:
                 await result
         except Exception:
             logger.exception("on_event hook failed for a %s event", receipt.event.type)
-
-
-def _seconds(value: float | timedelta) -> float:
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if (
-        isinstance(seconds, bool)
-        or not isinstance(seconds, int | float)
-        or not math.isfinite(seconds)
-        or seconds < 0
-    ):
-        msg = f"a grace period is seconds >= 0 or a timedelta, got {value!r}"
-        raise ConfigurationError(msg)
-    return float(seconds)

@@ -35,6 +35,7 @@ except ImportError as exc:
 from ._client import CobaltClient
 from ._config import NOT_GIVEN, NotGiven, PollPolicy
 from ._errors import ConfigurationError
+from ._secrets_file import FILE_ENV
 from ._types import Receive, Scope, Send
 from ._webhooks import DEFAULT_MAX_BODY_BYTES, EventHook, WebhookReceiver
 from .asgi import WebhookApp
@@ -181,6 +182,12 @@ class CobaltLifespan:
         raw = os.environ.get(SECRET_ENV, "")
         return [secret.strip() for secret in raw.split(",") if secret.strip()]
 
+    def _secrets_file(self) -> str:
+        """``COBALT_WEBHOOK_SECRETS_FILE``, unless secrets were given in code."""
+        if self.webhook_secrets is not None:
+            return ""
+        return os.environ.get(FILE_ENV, "").strip()
+
     def _sink(self) -> Sink | None:
         if self.redis_url:
             from .sinks import RedisSink
@@ -189,7 +196,7 @@ class CobaltLifespan:
         if not isinstance(self.sink, NotGiven):
             return self.sink
         # An in-process sink is fed only by this app's webhook route, which needs the secret.
-        webhooks = self.webhook_secrets is not None or self._secrets()
+        webhooks = self.webhook_secrets is not None or self._secrets() or self._secrets_file()
         return InMemorySink() if webhooks else None
 
     def _receiver(self, sink: Sink | None) -> tuple[WebhookReceiver | None, str | None]:
@@ -201,6 +208,16 @@ class CobaltLifespan:
             if isinstance(self.sink, NotGiven):
                 return None, _NO_SECRET  # the sink defaulted to None for want of a secret
             return None, f"sink=None polls Cobalt instead: {_HOW_TO_SINK}"
+        secrets_file = self._secrets_file()
+        if secrets_file:
+            _warn_if_several_workers(sink)
+            receiver = WebhookReceiver(
+                sink,
+                secrets_file=secrets_file,
+                max_body_bytes=self.max_body_bytes,
+                on_event=self.on_event,
+            )
+            return receiver, None
         secrets = self._secrets()
         if not secrets and self.webhook_secrets is None:
             if isinstance(sink, InMemorySink):
@@ -229,7 +246,9 @@ def cobalt_lifespan(
 
     Args:
         webhook_secrets: Secrets webhooks are verified with (two during a rotation);
-            default ``COBALT_WEBHOOK_SECRET``, comma-separated for several.
+            default ``COBALT_WEBHOOK_SECRET``, comma-separated for several, or the file
+            ``COBALT_WEBHOOK_SECRETS_FILE`` names, re-read when it changes (how a fleet
+            rolls a new secret without a restart: docs/webhooks.md).
         sink: Where outcomes meet waiters. ``InMemorySink()`` for one worker; ``None``
             receives no webhooks and resolves jobs by polling Cobalt. By default a
             ``RedisSink`` if *redis_url* is given, else an ``InMemorySink`` when a webhook

@@ -172,7 +172,8 @@ async def receiving(sink: InMemorySink) -> None:
     assert_type(receipt.event, Event | None)
     assert_type(await receiver.receive(b"", [(b"cobalt-verification", b"00")]), Receipt)
     await receiver.receive("a parsed body", {})  # type: ignore[arg-type]
-    WebhookReceiver(sink)  # type: ignore[call-arg]  # secrets are required
+    receiver.rotate_secret("whsec_new", retire_old_after=3600)
+    receiver.expect_new_secret(within=60)
 
     stats = sink.stats()
     assert_type(stats, SinkStats)
