@@ -9,7 +9,8 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -23,6 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from cobalt_async import (
     CobaltClient,
+    ConfigurationError,
     InMemorySink,
     NotFoundError,
     RequestValidationError,
@@ -33,6 +35,8 @@ from cobalt_async import (
 )
 from cobalt_async import _logs as logs
 from cobalt_async import _telemetry as telemetry
+from cobalt_async._secrets_file import SecretEntry, SecretsContent, SecretsFile
+from cobalt_async._secrets_file import write as write_secrets
 from cobalt_async._servers import serve
 from cobalt_async._signing import SIGNATURE_HEADER, sign_webhook
 from cobalt_async.asgi import WebhookApp
@@ -413,8 +417,6 @@ class TestReceiverRotation:
         assert await self.status(receiver, "whsec_new") == 200
 
     def test_bad_arguments_are_named_and_never_echo_a_secret(self) -> None:
-        from cobalt_async import ConfigurationError
-
         _, receiver = self.clock()
         with pytest.raises(ConfigurationError, match="does not accept that secret") as caught:
             receiver.retire_secret("whsec_unknown")
@@ -542,3 +544,110 @@ class TestNoDeliveryDropped:
         fake, recorder, new_secret, _ = await self.rotate_during_traffic(hold=False)
         assert 401 in recorder.signed_with(new_secret)
         assert fake.stats.deliveries_failed > 0
+
+
+class TestSecretsFile:
+    """The shared file a fleet of receivers re-reads: what a rotation writes, they accept."""
+
+    async def status(self, receiver: WebhookReceiver, secret: str) -> int:
+        body, headers = signed_delivery(make_task_created_event(), secret)
+        return (await receiver.receive(body, headers)).status_code
+
+    async def test_a_secret_written_to_the_file_verifies_at_its_first_delivery(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "secrets"
+        path.write_text("# comment\nwhsec_old\n")
+        receiver = WebhookReceiver(InMemorySink(), secrets_file=path)
+        assert await self.status(receiver, "whsec_new") == 401
+        write_secrets(path, SecretsContent((SecretEntry("whsec_old"), SecretEntry("whsec_new"))))
+        # No waiting for the periodic look: a signature no secret fits re-reads the file.
+        assert await self.status(receiver, "whsec_new") == 200
+        assert await self.status(receiver, "whsec_old") == 200
+
+    async def test_retire_at_and_expect_new_secret_lines(self, tmp_path: Path) -> None:
+        path = tmp_path / "secrets"
+        past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+        path.write_text(f"expect-new-secret\nwhsec_gone retire-at={past}\nwhsec_old\n")
+        receiver = WebhookReceiver(InMemorySink(), secrets_file=path)
+        assert await self.status(receiver, "whsec_gone") == 503  # held, not refused
+        assert await self.status(receiver, "whsec_old") == 200
+        path.write_text(f"whsec_gone retire-at={past}\nwhsec_old\n")
+        assert await self.status(receiver, "whsec_gone") == 401
+
+    async def test_a_broken_edit_keeps_the_secrets_in_force(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        path = tmp_path / "secrets"
+        path.write_text("whsec_old\n")
+        receiver = WebhookReceiver(InMemorySink(), secrets_file=path)
+        path.write_text("whsec_old retire-at=tomorrow\n")
+        assert await self.status(receiver, "whsec_other") == 401
+        assert await self.status(receiver, "whsec_old") == 200
+        assert "line 1" in caplog.text
+        assert "whsec_old" not in caplog.text
+
+    @pytest.mark.parametrize(
+        ("text", "problem"),
+        [
+            ("", "lists no secret"),
+            ("whsec_x expires=1\n", "line 1: unknown option"),
+            ("whsec_x retire-at=2026-01-01T00:00:00\n", "with its offset"),
+        ],
+    )
+    def test_a_bad_file_fails_at_startup_without_its_secret(
+        self, tmp_path: Path, text: str, problem: str
+    ) -> None:
+        path = tmp_path / "secrets"
+        path.write_text(text)
+        with pytest.raises(ConfigurationError, match=problem) as caught:
+            WebhookReceiver(InMemorySink(), secrets_file=path)
+        assert "whsec_x" not in str(caught.value)
+
+    def test_a_missing_file_or_both_sources_are_refused(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigurationError, match="cannot read the webhook secrets file"):
+            WebhookReceiver(InMemorySink(), secrets_file=tmp_path / "absent")
+        (tmp_path / "secrets").write_text("whsec_x\n")
+        with pytest.raises(ConfigurationError, match="not both"):
+            WebhookReceiver(InMemorySink(), secrets=["whsec_y"], secrets_file=tmp_path / "secrets")
+
+    async def test_rotate_secret_rolls_the_file_around_the_call(self, tmp_path: Path) -> None:
+        path = tmp_path / "secrets"
+        path.write_text("whsec_old\n")
+        receiver = WebhookReceiver(InMemorySink(), secrets_file=path)
+        fake = FakeCobalt(webhook_secret="whsec_old")
+        seen_during_call: list[str] = []
+        async with served(fake) as client:
+            hook = await client.webhooks.create(HOOK_URL)
+            assert hook.id is not None
+            original = fake.webhooks._rotate
+
+            def spying(webhook_id: str) -> Any:
+                seen_during_call.append(path.read_text())
+                return original(webhook_id)
+
+            fake.webhooks._rotate = spying  # type: ignore[method-assign]
+            rotated = await client.webhooks.rotate_secret(
+                hook.id, secrets_file=path, retire_old_after=timedelta(hours=2)
+            )
+        assert "expect-new-secret" in seen_during_call[0]
+        assert rotated.secret is not None
+        new_secret = rotated.secret.get_secret_value()
+        content = SecretsFile(path).read()
+        assert not content.expecting
+        assert [entry.secret for entry in content.entries] == ["whsec_old", new_secret]
+        old_retires = content.entries[0].retire_at
+        assert old_retires is not None
+        remaining = old_retires - datetime.now(UTC)
+        assert timedelta(hours=2) - timedelta(minutes=1) < remaining <= timedelta(hours=2)
+        assert await self.status(receiver, new_secret) == 200
+        assert await self.status(receiver, "whsec_old") == 200
+
+    async def test_a_refused_rotation_puts_the_file_back(self, tmp_path: Path) -> None:
+        path = tmp_path / "secrets"
+        path.write_text("whsec_old\n")
+        fake = FakeCobalt(webhook_secret="whsec_old")
+        async with served(fake) as client:
+            with pytest.raises(NotFoundError):
+                await client.webhooks.rotate_secret("wh_unknown", secrets_file=path)
+        assert SecretsFile(path).read() == SecretsContent((SecretEntry("whsec_old"),))
