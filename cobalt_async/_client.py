@@ -19,7 +19,7 @@ from ._errors import ClientClosedError, ConfigurationError
 from ._http import Credentials, Requester, RetryPolicy, as_timeout
 from ._jobs import Jobs, WebhookEvents
 from ._registrations import Webhooks
-from ._resources import Tasks
+from ._resources import Patients, Tasks
 from .sinks import InMemorySink, Sink
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -34,7 +34,8 @@ _ENV = {
 
 class CobaltClient:
     """
-    The entry point: submit tasks and notes to Cobalt and await their outcomes.
+    The entry point: submit tasks and notes to Cobalt, fetch patients and their tasks, and
+    await the outcomes.
 
     Credentials not passed are read from ``COBALT_CLIENT_ID``, ``COBALT_CLIENT_SECRET`` and
     ``COBALT_ACCESS_TOKEN``; the base URL from ``COBALT_BASE_URL``. With a *sink* (the one
@@ -103,6 +104,7 @@ class CobaltClient:
         self.webhook_events = webhook_events
         self.jobs = jobs
         self.tasks = Tasks(requester, jobs)
+        self.patients = Patients(requester, jobs)
         self.webhooks = Webhooks(requester)
 
     def with_options(

@@ -12,12 +12,13 @@ from ._telemetry import job_resolved
 from .models import (
     JobEvent,
     MalformedJobEvent,
+    PatientLiveFetchCompletedEvent,
     TaskCreatedEvent,
     TaskNoteCreatedEvent,
     is_failure,
 )
 
-E = TypeVar("E", TaskCreatedEvent, TaskNoteCreatedEvent)
+E = TypeVar("E", TaskCreatedEvent, TaskNoteCreatedEvent, PatientLiveFetchCompletedEvent)
 
 
 class OutcomeSource(Protocol):
@@ -126,7 +127,8 @@ class JobHandle(Generic[E]):
                 the client's ``job_timeout``.
 
         Returns:
-            The success event (``TaskCreatedEvent`` or ``TaskNoteCreatedEvent``).
+            The success event (``TaskCreatedEvent``, ``TaskNoteCreatedEvent`` or
+            ``PatientLiveFetchCompletedEvent``).
 
         Raises:
             JobFailedError: Cobalt reported the job as failed.

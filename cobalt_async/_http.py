@@ -146,9 +146,12 @@ class Requester:
             derived.retry = RetryPolicy(max_retries, self.retry.base_delay, self.retry.max_delay)
         return derived
 
-    async def post(self, path: str, body: bytes) -> httpx.Response:
-        """POST a create request: never re-sent once it may have reached Cobalt."""
-        return await self._send("POST", path, content=body, idempotent=False)
+    async def post(self, path: str, body: bytes, *, idempotent: bool = False) -> httpx.Response:
+        """
+        POST a request. A create is never re-sent once it may have reached Cobalt; an
+        *idempotent* one (a read, such as a live fetch) is retried like a GET.
+        """
+        return await self._send("POST", path, content=body, idempotent=idempotent)
 
     async def get(self, path: str, params: dict[str, Any]) -> httpx.Response:
         return await self._send("GET", path, params=params, idempotent=True)

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Literal, overload
+from typing import Any, Literal, get_args, overload
 
 from pydantic import ValidationError
 
@@ -26,6 +26,7 @@ from .models import (
     Event,
     JobEvent,
     Pagination,
+    PatientLiveFetchCompletedEvent,
     TaskCreatedEvent,
     TaskNoteCreatedEvent,
     WebhookEventList,
@@ -138,10 +139,14 @@ class Jobs:
     def attach(
         self, job_id: str | int, kind: Literal["task_note"]
     ) -> JobHandle[TaskNoteCreatedEvent]: ...
+    @overload
+    def attach(
+        self, job_id: str | int, kind: Literal["patient_fetch"]
+    ) -> JobHandle[PatientLiveFetchCompletedEvent]: ...
     def attach(self, job_id: str | int, kind: JobKind) -> JobHandle[Any]:
         """Rebuild a handle from a job_id alone, in any process, at any time."""
-        if kind not in ("task", "task_note"):
-            msg = f"kind must be 'task' or 'task_note', not {kind!r}"
+        if kind not in get_args(JobKind):
+            msg = f"kind must be 'task', 'task_note' or 'patient_fetch', not {kind!r}"
             raise ValueError(msg)
         return JobHandle(self, str(job_id), kind)
 

@@ -11,8 +11,8 @@ from typing import Literal, NamedTuple, TypeAlias
 
 from .models import JobEvent
 
-JobKind: TypeAlias = Literal["task", "task_note"]
-"""What a job writes into the EHR: a task, or a note on a task."""
+JobKind: TypeAlias = Literal["task", "task_note", "patient_fetch"]
+"""What a job does: write a task or a note on a task into the EHR, or fetch patients from it."""
 
 Via: TypeAlias = Literal["webhook", "poll"]
 """How an outcome was learnt: from a webhook delivery, or by polling Cobalt."""

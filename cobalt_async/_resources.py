@@ -1,4 +1,4 @@
-"""Submission: ``client.tasks`` and ``client.tasks.notes`` turn requests into handles."""
+"""Submission: ``client.tasks``, ``.tasks.notes`` and ``.patients`` turn requests into handles."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ from ._outcome import JobKind
 from ._telemetry import job_submitted
 from ._validation import build_request
 from .models import (
+    PatientFetchAccepted,
+    PatientFetchParams,
+    PatientFetchRequest,
+    PatientLiveFetchCompletedEvent,
     TaskCreated,
     TaskCreatedEvent,
     TaskCreateParams,
@@ -32,18 +36,20 @@ from .models import (
 Request = TypeVar("Request", bound=BaseModel)
 Params = TypeVar("Params")
 Answer = TypeVar("Answer", bound=BaseModel)
-E = TypeVar("E", TaskCreatedEvent, TaskNoteCreatedEvent)
+E = TypeVar("E", TaskCreatedEvent, TaskNoteCreatedEvent, PatientLiveFetchCompletedEvent)
 
 _NO_JOB_ID = "Cobalt accepted the request but its answer has no usable job_id"
 
 
 class _Submitter(abc.ABC, Generic[Request, Params, Answer, E]):
-    """One create endpoint: validate, POST once, read the job_id, track the handle."""
+    """One job endpoint: validate, POST, read the job_id, track the handle."""
 
     path: ClassVar[str]
     kind: ClassVar[JobKind]
     request_model: type[Request]
     answer_model: type[Answer]
+    reads_only: ClassVar[bool] = False
+    """Whether the job only reads the EHR, so that its POST may be retried like a GET."""
 
     def __init__(self, requester: Requester, jobs: Jobs) -> None:
         self._requester = requester
@@ -54,9 +60,9 @@ class _Submitter(abc.ABC, Generic[Request, Params, Answer, E]):
         body = request.model_dump_json(exclude_none=True).encode()
         sent_at = time.time()
         try:
-            response = await self._requester.post(self.path, body)
+            response = await self._requester.post(self.path, body, idempotent=self.reads_only)
             answer = parse_answer(
-                self.answer_model, response, problem=_NO_JOB_ID, outcome_unknown=True
+                self.answer_model, response, problem=_NO_JOB_ID, outcome_unknown=not self.reads_only
             )
         except APIError as exc:
             if exc.outcome_unknown:
@@ -67,6 +73,14 @@ class _Submitter(abc.ABC, Generic[Request, Params, Answer, E]):
         await self._jobs.track(handle)
         job_submitted(self.kind)
         return handle
+
+    @abc.abstractmethod
+    def _handle(self, answer: Answer) -> JobHandle[E]:
+        """The handle of the job Cobalt accepted."""
+
+
+class _Creator(_Submitter[Request, Params, Answer, E]):
+    """A create endpoint: one EHR write per job, and batches of them."""
 
     async def create_many(
         self,
@@ -92,13 +106,9 @@ class _Submitter(abc.ABC, Generic[Request, Params, Answer, E]):
             on_progress=on_progress,
         )
 
-    @abc.abstractmethod
-    def _handle(self, answer: Answer) -> JobHandle[E]:
-        """The handle of the job Cobalt accepted."""
-
 
 class TaskNotes(
-    _Submitter[TaskNoteCreateRequest, TaskNoteCreateParams, TaskNoteCreated, TaskNoteCreatedEvent]
+    _Creator[TaskNoteCreateRequest, TaskNoteCreateParams, TaskNoteCreated, TaskNoteCreatedEvent]
 ):
     """``POST /v1/tasks/notes``: append a note to a task in the EHR."""
 
@@ -130,7 +140,7 @@ class TaskNotes(
         )
 
 
-class Tasks(_Submitter[TaskCreateRequest, TaskCreateParams, TaskCreated, TaskCreatedEvent]):
+class Tasks(_Creator[TaskCreateRequest, TaskCreateParams, TaskCreated, TaskCreatedEvent]):
     """``POST /v1/tasks``: create tasks in the EHR; ``notes`` appends notes to them."""
 
     path = "/tasks"
@@ -161,3 +171,39 @@ class Tasks(_Submitter[TaskCreateRequest, TaskCreateParams, TaskCreated, TaskCre
         return JobHandle(
             self._jobs, answer.job_id, "task", task_id=answer.task_id, submitted_at=time.time()
         )
+
+
+_FetchSubmitter = _Submitter[
+    PatientFetchRequest, PatientFetchParams, PatientFetchAccepted, PatientLiveFetchCompletedEvent
+]
+
+
+class Patients(_FetchSubmitter):
+    """``POST /v1/patients/fetch``: a live fetch of patients, and their tasks, from the EHR."""
+
+    path = "/patients/fetch"
+    kind = "patient_fetch"
+    request_model = PatientFetchRequest
+    answer_model = PatientFetchAccepted
+    reads_only = True
+
+    async def fetch(
+        self, **fields: Unpack[PatientFetchParams]
+    ) -> JobHandle[PatientLiveFetchCompletedEvent]:
+        """
+        Start a live fetch; returns its handle once Cobalt accepted the job.
+
+        ``search_by`` is ``"mrn"``, ``"dob"``, ``"phone"`` or ``"name"``, with the field it
+        names (``"name"``: ``first_name`` or ``last_name``). ``include=["tasks"]`` brings each
+        patient's EHR tasks, whose ``emr_task_id`` ``client.tasks.notes.create()`` takes.
+        A fetch only reads the EHR, so it is retried like a GET.
+
+        Raises:
+            RequestValidationError: A field is missing, unknown, of the wrong type or
+                format (dates ``YYYY-MM-DD``, phones ``XXX-XXX-XXXX``); nothing was sent.
+            APIError: Cobalt refused the request, or it failed in transit.
+        """
+        return await self.submit(build_request(PatientFetchRequest, fields))
+
+    def _handle(self, answer: PatientFetchAccepted) -> JobHandle[PatientLiveFetchCompletedEvent]:
+        return JobHandle(self._jobs, answer.job_id, "patient_fetch", submitted_at=time.time())

@@ -31,6 +31,9 @@ def _explain(model: type[BaseModel], fields: dict[Any, Any], exc: ValidationErro
         msg = f"Unexpected fields in request body: {', '.join(unexpected)} (allowed: {allowed})"
         return RequestValidationError(msg, field=unexpected[0])
     error = exc.errors()[0]
+    if not error["loc"]:  # a rule across fields; its context names the first one
+        field = str(error.get("ctx", {}).get("field", ""))
+        return RequestValidationError(f"Invalid request: {error['msg']}", field=field or None)
     field = ".".join(str(part) for part in error["loc"])
     name = str(error["loc"][0])
     if error["type"] == "missing":
@@ -38,7 +41,8 @@ def _explain(model: type[BaseModel], fields: dict[Any, Any], exc: ValidationErro
     elif error["type"] == "string_pattern_mismatch" or error["type"] == "string_too_short":
         msg = f"Invalid field {field}: must be a non-empty string"
     else:
-        msg = f"Invalid field {field}: {error['msg'].lower()}"
+        detail = error["msg"]
+        msg = f"Invalid field {field}: {detail[:1].lower()}{detail[1:]}"
         if name == "notify_list":
             msg += " (notify_list must be a list of non-empty strings)"
     return RequestValidationError(msg, field=name)

@@ -14,6 +14,7 @@ from cobalt_async import (
     CobaltClient,
     CobaltError,
     JobFailedError,
+    PatientLiveFetchCompletedEvent,
     RequestValidationError,
     TaskCreatedEvent,
     TaskFailedEvent,
@@ -113,8 +114,8 @@ class TestEventParsing:
         assert {"appointment_id": "a1", "mrn": 123456} == event.data
         assert not is_terminal(event)
 
-    def test_live_fetch_envelope_parses_as_unknown(self) -> None:
-        """A live-fetch envelope (timestamp, action, no object) is tolerated, not refused."""
+    def test_live_fetch_envelope_names_its_job(self) -> None:
+        """The live-fetch envelope (job_execution_id, timestamp, action) settles its job."""
         payload = {
             "id": "evt_lf",
             "job_execution_id": "job_1J9X",
@@ -126,9 +127,10 @@ class TestEventParsing:
 
         event = parse_event(payload)
 
-        assert isinstance(event, UnknownEvent)
-        assert "sync" == event.raw["action"]
-        assert None is event.job_id
+        assert isinstance(event, PatientLiveFetchCompletedEvent)
+        assert ("job_1J9X", "2023-10-28T11:00:00Z") == (event.job_id, event.created)
+        assert "sync" == event.action
+        assert is_terminal(event)
 
     def test_unknown_fields_in_data_are_kept_in_model_extra(self) -> None:
         """Fields Cobalt adds to data are kept in model_extra, not refused."""

@@ -5,6 +5,8 @@ from ._events import (
     FailureReason,
     JobEvent,
     MalformedJobEvent,
+    PatientLiveFetchCompletedEvent,
+    PatientLiveFetchData,
     TaskCreatedData,
     TaskCreatedEvent,
     TaskFailedData,
@@ -19,13 +21,23 @@ from ._events import (
     is_terminal,
     parse_event,
 )
+from ._patients import Patient, PatientTask
 from ._requests import (
+    PatientFetchParams,
+    PatientFetchRequest,
     TaskCreateParams,
     TaskCreateRequest,
     TaskNoteCreateParams,
     TaskNoteCreateRequest,
 )
-from ._responses import ErrorBody, Pagination, TaskCreated, TaskNoteCreated, WebhookEventList
+from ._responses import (
+    ErrorBody,
+    Pagination,
+    PatientFetchAccepted,
+    TaskCreated,
+    TaskNoteCreated,
+    WebhookEventList,
+)
 from ._webhooks import Webhook, WebhookList
 
 __all__ = [
@@ -35,6 +47,13 @@ __all__ = [
     "JobEvent",
     "MalformedJobEvent",
     "Pagination",
+    "Patient",
+    "PatientFetchAccepted",
+    "PatientFetchParams",
+    "PatientFetchRequest",
+    "PatientLiveFetchCompletedEvent",
+    "PatientLiveFetchData",
+    "PatientTask",
     "TaskCreateParams",
     "TaskCreateRequest",
     "TaskCreated",

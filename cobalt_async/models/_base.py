@@ -46,7 +46,8 @@ _HIDDEN = _Hidden()
 # Fields whose values are never EHR text: ids, types, codes, counters.
 _SHOWN = frozenset({
     "id", "type", "object", "created", "code", "success", "error", "problem",
-    "current_page", "total_pages", "total_count", "page_size",
+    "current_page", "total_pages", "total_count", "page_size", "timestamp", "action",
+    "patient_count",
 })  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from pydantic import (
 
 from ._base import CobaltModel, LaxStr, OpenModel
 from ._json import decode_json
+from ._patients import Patient, PatientTask, gather_tasks
 
 
 class FailureReason(OpenModel):
@@ -62,6 +63,31 @@ class TaskNoteFailedData(OpenModel):
     reasons: list[FailureReason] = Field(default_factory=list)
 
 
+class PatientLiveFetchData(OpenModel):
+    """
+    Payload of ``patient.live_fetch_completed``.
+
+    Whether Cobalt lists tasks under each patient or once at the top level of ``data`` is
+    not documented, so both are read: ``tasks`` always holds every task, and a top-level
+    task that names its patient (``patient_mrn``, ``mrn`` or ``patient_id``) is also listed
+    under that patient.
+    """
+
+    success: bool = True
+    """``False`` when the fetch itself failed: the handle then raises ``JobFailedError``."""
+    patient_count: int | None = None
+    patients: list[Patient] = Field(default_factory=list)
+    tasks: list[PatientTask] = Field(default_factory=list)
+    """Every task of every patient found, in the order Cobalt sent them."""
+    failure_reason: str | None = None
+    reasons: list[FailureReason] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_tasks(cls, value: Any) -> Any:
+        return gather_tasks(value) if isinstance(value, Mapping) else value
+
+
 class _Envelope(CobaltModel):
     id: str | None = None
     """Event id; deliveries of one event share it."""
@@ -102,6 +128,35 @@ class TaskNoteFailedEvent(_Envelope):
     data: TaskNoteFailedData
 
 
+class PatientLiveFetchCompletedEvent(_Envelope):
+    """
+    A live fetch (``client.patients.fetch()``) finished: the patients found, and their tasks.
+
+    It comes in Cobalt's live-fetch envelope: ``job_execution_id`` (older) or ``job_id``
+    (newer) names the job, ``timestamp`` and ``action`` stand for ``created`` and ``object``.
+    Either way ``job_id`` holds the job's id and ``created`` the timestamp.
+    """
+
+    type: Literal["patient.live_fetch_completed"]
+    data: PatientLiveFetchData
+    job_execution_id: LaxStr | None = None
+    timestamp: str | None = None
+    action: str | None = None
+    user_id: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_operation_envelope(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        filled = dict(value)
+        if filled.get("job_id") is None and filled.get("job_execution_id") is not None:
+            filled["job_id"] = filled["job_execution_id"]
+        if filled.get("created") is None and filled.get("timestamp") is not None:
+            filled["created"] = filled["timestamp"]
+        return filled
+
+
 class UnknownEvent(_Envelope):
     """An event of a type this version does not model; ``raw`` keeps the whole payload."""
 
@@ -138,7 +193,11 @@ class MalformedJobEvent(_Envelope):
 
 
 _TypedJobEvent: TypeAlias = (
-    TaskCreatedEvent | TaskFailedEvent | TaskNoteCreatedEvent | TaskNoteFailedEvent
+    TaskCreatedEvent
+    | TaskFailedEvent
+    | TaskNoteCreatedEvent
+    | TaskNoteFailedEvent
+    | PatientLiveFetchCompletedEvent
 )
 JobEvent: TypeAlias = _TypedJobEvent | MalformedJobEvent
 """A terminal event: it settles the job named by its ``job_id``."""
@@ -146,7 +205,8 @@ JobEvent: TypeAlias = _TypedJobEvent | MalformedJobEvent
 Event: TypeAlias = JobEvent | UnknownEvent
 
 FAILURE_TYPES = frozenset({"task.failed", "task_note.failed"})
-_TERMINAL_TYPES = FAILURE_TYPES | {"task.created", "task_note.created"}
+LIVE_FETCH_COMPLETED = "patient.live_fetch_completed"
+_TERMINAL_TYPES = FAILURE_TYPES | {"task.created", "task_note.created", LIVE_FETCH_COMPLETED}
 
 
 def _event_tag(value: Any) -> str:
@@ -162,6 +222,7 @@ _AnyEvent = Annotated[
     | Annotated[TaskFailedEvent, Tag("task.failed")]
     | Annotated[TaskNoteCreatedEvent, Tag("task_note.created")]
     | Annotated[TaskNoteFailedEvent, Tag("task_note.failed")]
+    | Annotated[PatientLiveFetchCompletedEvent, Tag(LIVE_FETCH_COMPLETED)]
     | Annotated[UnknownEvent, Tag("unknown")],
     Discriminator(_event_tag),
 ]
@@ -222,6 +283,8 @@ def _malformed(payload: Any, error: ValidationError) -> MalformedJobEvent | None
     if not isinstance(kind, str) or kind not in _TERMINAL_TYPES:
         return None
     job_id = payload.get("job_id")
+    if job_id is None:
+        job_id = payload.get("job_execution_id")  # the live-fetch envelope's older name
     if type(job_id) is int:
         job_id = str(job_id)
     if not isinstance(job_id, str) or not job_id:
@@ -248,13 +311,18 @@ def _problem(error: ValidationError) -> str:
 
 
 def is_terminal(event: Event) -> bool:
-    """Whether *event* settles a job: a known task or task-note outcome with a ``job_id``."""
+    """Whether *event* settles a job: a known outcome (task, note, live fetch) with a ``job_id``."""
     # By type name: pydantic's isinstance() on model classes is slow on this hot path.
     return event.job_id is not None and event.type in _TERMINAL_TYPES
 
 
 def is_failure(event: Event) -> bool:
-    """Whether *event* reports a failed job (``task.failed``, ``task_note.failed``)."""
+    """
+    Whether *event* reports a failed job: ``task.failed``, ``task_note.failed``, or a live
+    fetch that reports ``success: false``.
+    """
+    if type(event) is PatientLiveFetchCompletedEvent:
+        return not event.data.success
     return event.type in FAILURE_TYPES
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ._base import CobaltModel, LaxStr
 
@@ -29,6 +29,20 @@ class TaskNoteCreated(CobaltModel):
     task_note_id: LaxStr | None = None
     job_id: LaxStr
     message: str | None = None
+
+
+class PatientFetchAccepted(CobaltModel):
+    """Cobalt's answer to ``POST /v1/patients/fetch`` (older versions: ``job_execution_id``)."""
+
+    job_id: LaxStr
+    message: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_name(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("job_id") is None and "job_execution_id" in value:
+            return {**value, "job_id": value["job_execution_id"]}
+        return value
 
 
 class Pagination(CobaltModel):

@@ -8,6 +8,7 @@ line that stops erroring fails the check too.
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any, Literal, assert_type
 
 import httpx
@@ -27,6 +28,8 @@ from cobalt_async import (
     JobKind,
     JobStatus,
     JobTimeoutError,
+    PatientLiveFetchCompletedEvent,
+    PatientTask,
     PollPolicy,
     RateLimitError,
     Receipt,
@@ -50,7 +53,7 @@ async def submit_and_await(client: CobaltClient) -> None:
     handle = await client.tasks.create(patient_mrn="MRN-1", description="Call the patient")
     assert_type(handle, JobHandle[TaskCreatedEvent])
     assert_type(handle.job_id, str)
-    assert_type(handle.kind, Literal["task", "task_note"])
+    assert_type(handle.kind, Literal["task", "task_note", "patient_fetch"])
     assert_type(handle.status, JobStatus)
     assert_type(handle.done(), bool)
     assert_type(handle.event, JobEvent | None)
@@ -96,8 +99,27 @@ async def attach(client: CobaltClient, kind: JobKind) -> None:
     assert_type(client.jobs.attach(10001, "task_note"), JobHandle[TaskNoteCreatedEvent])
     assert_type(
         client.jobs.attach("10001", kind),
-        JobHandle[TaskCreatedEvent] | JobHandle[TaskNoteCreatedEvent],
+        JobHandle[TaskCreatedEvent]
+        | JobHandle[TaskNoteCreatedEvent]
+        | JobHandle[PatientLiveFetchCompletedEvent],
     )
+    assert_type(
+        client.jobs.attach("job_1", "patient_fetch"), JobHandle[PatientLiveFetchCompletedEvent]
+    )
+
+
+async def fetch_then_note(client: CobaltClient) -> None:
+    fetch = await client.patients.fetch(search_by="mrn", mrn="MRN-1", include=["tasks"])
+    assert_type(fetch, JobHandle[PatientLiveFetchCompletedEvent])
+    found = await fetch
+    task = found.data.patients[0].tasks[0]
+    assert_type(task, PatientTask)
+    assert_type(found.data.tasks[0].emr_task_id, str)
+    await client.patients.fetch(search_by="dob", dob=date(1990, 1, 31), include="tasks")
+    await client.patients.fetch(search_by="nickname")  # type: ignore[arg-type]
+    await client.patients.fetch(search_by="mrn", mrn="1", include=["task"])  # type: ignore[list-item]
+    note = await client.tasks.notes.create(emr_task_id=task.emr_task_id, note="Called")
+    assert_type(note, JobHandle[TaskNoteCreatedEvent])
     assert_type(await client.jobs.attach("10001", "task"), TaskCreatedEvent)
     client.jobs.attach("10001", "note")  # type: ignore[call-overload]
 
