@@ -179,7 +179,7 @@ async def test_bad_items_get_their_own_error_and_the_rest_get_handles_in_input_o
 
 
 async def test_note_batches_keep_input_order_and_isolate_unknown_tasks() -> None:
-    """A note for a task Cobalt does not know is a 404 for that note alone."""
+    """A note for a task the EHR does not hold fails alone, as task_note.failed."""
     with anyio.fail_after(LIMIT):
         async with cobalt() as env:
             env.fake.add_emr_task("emr-1")
@@ -193,9 +193,11 @@ async def test_note_batches_keep_input_order_and_isolate_unknown_tasks() -> None
             outcomes = await env.client.tasks.notes.create_many(notes)
 
             assert isinstance(outcomes[0], JobHandle)
-            assert isinstance(outcomes[1], NotFoundError)
+            assert isinstance(outcomes[1], JobHandle)
             assert isinstance(outcomes[2], RequestValidationError)
             assert isinstance(outcomes[3], JobHandle)
+            with pytest.raises(JobFailedError, match="task_not_found"):
+                await outcomes[1]
             written = [(await outcomes[0]).data.emr_task_id, (await outcomes[3]).data.emr_task_id]
             assert written == ["emr-1", "emr-2"]
 

@@ -12,6 +12,7 @@ from cobalt_async.testing import FakeCobalt, make_task_created_event, signed_del
 from .._signing import sign_webhook
 from ._contract import SinkContract
 from ._factories import (
+    make_patient_live_fetch_completed_event,
     make_task_created_event,
     make_task_failed_event,
     make_task_note_created_event,
@@ -26,6 +27,7 @@ __all__ = [
     "FakeStats",
     "SinkContract",
     "app_with_fake",
+    "make_patient_live_fetch_completed_event",
     "make_task_created_event",
     "make_task_failed_event",
     "make_task_note_created_event",

@@ -11,11 +11,12 @@ from __future__ import annotations
 import secrets
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from .._signing import compact_json, sign_webhook
 
 __all__ = [
+    "make_patient_live_fetch_completed_event",
     "make_task_created_event",
     "make_task_failed_event",
     "make_task_note_created_event",
@@ -29,6 +30,15 @@ DEFAULT_REFERENCE_ID = "atr_test"
 _DEFAULT_JOB_ID = "10000"
 _TASK_FAILURE = ("emr_rejected", "The EMR rejected the task.")
 _NOTE_FAILURE = ("emr_rejected", "The EMR rejected the task note.")
+_FETCH_FAILURE = ("emr_unavailable", "The EMR could not be reached.")
+_SAMPLE_PATIENT = {
+    "id": "pat_123",
+    "mrn": "MRN-12345",
+    "first_name": "Jane",
+    "last_name": "Doe",
+    "date_of_birth": "1990-01-01",
+    "tasks": [{"emr_task_id": "9bef4113-e9ce-4895-9a17-2c18cd625116", "subject": "Call back"}],
+}
 
 
 def utc_timestamp() -> str:
@@ -183,6 +193,53 @@ def make_task_note_failed_event(
     )
 
 
+def make_patient_live_fetch_completed_event(
+    *,
+    job_id: str | int = "job_10000",
+    patients: list[dict[str, Any]] | None = None,
+    success: bool = True,
+    shape: Literal["new", "old"] = "new",
+    tasks_at_top_level: bool = False,
+    event_id: str | None = None,
+    timestamp: str | None = None,
+    access_token_reference_id: str = DEFAULT_REFERENCE_ID,
+    **data_overrides: Any,
+) -> dict[str, Any]:
+    """
+    A ``patient.live_fetch_completed`` event, in Cobalt's live-fetch envelope.
+
+    *shape* ``"new"`` names the job ``job_id`` (beside ``access_token_reference_id``),
+    ``"old"`` names it ``job_execution_id`` (beside ``user_id``). Each patient's ``tasks``
+    stay on it, or with *tasks_at_top_level* move to ``data.tasks``, each naming its
+    patient's ``patient_mrn``. A failed fetch (*success* false) finds nobody.
+    """
+    if patients is None:
+        patients = [] if not success else [_SAMPLE_PATIENT]
+    found = [dict(patient) for patient in patients]
+    data: dict[str, Any] = {"success": success, "patient_count": len(found), "patients": found}
+    if tasks_at_top_level:
+        data["tasks"] = [
+            {**task, "patient_mrn": patient.get("mrn")}
+            for patient in found
+            for task in patient.pop("tasks", [])
+        ]
+    if not success:
+        data.update(_failure(None, None, _FETCH_FAILURE))
+    first = (
+        {"access_token_reference_id": access_token_reference_id, "job_id": str(job_id)}
+        if shape == "new"
+        else {"user_id": "user_test", "job_execution_id": str(job_id)}
+    )
+    return {
+        "id": event_id or f"evt_{secrets.token_hex(12)}",
+        **first,
+        "timestamp": timestamp or utc_timestamp(),
+        "type": "patient.live_fetch_completed",
+        "action": "sync",
+        "data": _merge(data, data_overrides),
+    }
+
+
 def signed_delivery(
     event: dict[str, Any], secret: str, *, attempt: int = 1
 ) -> tuple[bytes, dict[str, str]]:
@@ -196,7 +253,7 @@ def signed_delivery(
         "content-type": "application/json",
         "cobalt-verification": sign_webhook(body, secret),
         "webhook-id": str(event.get("id", "")),
-        "webhook-timestamp": str(event.get("created", "")),
+        "webhook-timestamp": str(event.get("created") or event.get("timestamp") or ""),
         "webhook-attempt": str(attempt),
     }
     return body, headers

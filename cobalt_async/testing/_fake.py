@@ -21,6 +21,7 @@ from .._types import Receive, Scope, Send
 from ._delivery import Delivery, Receiver
 from ._factories import (
     DEFAULT_REFERENCE_ID,
+    make_patient_live_fetch_completed_event,
     make_task_created_event,
     make_task_failed_event,
     make_task_note_created_event,
@@ -28,6 +29,7 @@ from ._factories import (
     utc_timestamp,
 )
 from ._history import EventHistory, Record, RecordShape
+from ._patients import PatientDirectory, fetch_problem
 from ._registry import WebhookRegistry
 from ._stats import FakeStats
 from ._wire import Reply, error, field_problem, matches, notify_problem, read_json, send_reply
@@ -38,6 +40,8 @@ logger = logging.getLogger("cobalt_async.testing")
 
 JobIdType: TypeAlias = Literal["int", "str", "mixed"]
 EmrProfile: TypeAlias = Literal["basic", "subject_assignee", "phone_call"]
+LiveFetchShape: TypeAlias = Literal["new", "old"]
+TaskPlacement: TypeAlias = Literal["patient", "top_level"]
 _Handler: TypeAlias = Callable[[Scope, Receive], Awaitable[Reply]]
 
 _TASK_STRINGS = ("description", "patient_mrn", "subject", "assignee_user_id", "phone_call_type_id")
@@ -57,6 +61,9 @@ _NOTE_FAILURES = (
     ("emr_timeout", "The EMR did not respond in time."),
     ("task_closed", "The EMR task is closed and takes no more notes."),
 )
+_NO_SUCH_TASK = {"code": "task_not_found", "description": "The EMR holds no task with this id."}
+_FETCH_FAILURES = (("emr_timeout", "The EMR did not respond in time."),)
+_FETCH_ACCEPTED = "Live fetch request accepted. Results will be sent via webhook when ready."
 _TASK_ACCEPTED = "Task processing. A webhook event will be sent upon completion."
 _NOTE_ACCEPTED = "Task note processing. A webhook event will be sent upon completion."
 _LOGIN_REQUIRED = "Account link expired. Please go through the integration setup again."
@@ -71,8 +78,8 @@ class _Job:
     job_id: str
     build: Callable[..., dict[str, Any]]
     """Builds the job's event; called with ``created=`` when the job finishes."""
-    emr_task_id: str | None
-    """The EHR task a successful task job creates (notes may then target it)."""
+    on_success: Callable[[], None] | None
+    """What a successful job changes in the EHR once it finishes (a task job adds its task)."""
     latency: float
     early: bool
     drop: bool
@@ -135,6 +142,13 @@ class FakeCobalt:
       conditionally required task fields.
     * ``unknown_mrns``, ``unknown_users``: answered 404 "Patient/User not found.".
     * ``record_shape``: ``"new"`` or ``"old"`` items of ``GET /v1/webhook-events``.
+    * ``live_fetch_shape``: ``"new"`` (``job_id``) or ``"old"`` (``job_execution_id``) live
+      fetch answers and events; ``task_placement``: ``"patient"`` lists each patient's tasks
+      on it, ``"top_level"`` in ``data.tasks``.
+
+    **The EHR**: patients (:meth:`add_patient`) and their tasks (:meth:`add_task`, and every
+    task a ``POST /v1/tasks`` job creates) are what ``POST /v1/patients/fetch`` finds. A note
+    for an ``emr_task_id`` the EHR does not hold ends in ``task_note.failed``.
     * ``max_events``: finished events kept; the oldest are forgotten beyond it.
     * ``on_log``: called with one line per request and per delivery attempt; no secrets, no
       note or description text.
@@ -172,6 +186,8 @@ class FakeCobalt:
         unknown_mrns: Iterable[str] = ("MRN-UNKNOWN",),
         unknown_users: Iterable[str] = ("USER-UNKNOWN",),
         record_shape: RecordShape = "new",
+        live_fetch_shape: LiveFetchShape = "new",
+        task_placement: TaskPlacement = "patient",
         seed: int | None = None,
         max_events: int = 100_000,
         on_log: Callable[[str], None] | None = None,
@@ -201,6 +217,8 @@ class FakeCobalt:
         self.unknown_mrns = frozenset(unknown_mrns)
         self.unknown_users = frozenset(unknown_users)
         self.record_shape = record_shape
+        self.live_fetch_shape = live_fetch_shape
+        self.task_placement = task_placement
         self.max_events = max_events
         self.on_log = on_log
         self._check_config()
@@ -209,7 +227,8 @@ class FakeCobalt:
         """Job ids made to fail, known as soon as the POST is accepted."""
         self._rng = random.Random(seed)
         self._next_job = first_job_id
-        self._history = EventHistory(self)
+        self._patients = PatientDirectory()
+        self._history = EventHistory(self, self._patients)
         self._delivery = Delivery(self, self._log)
         self._busy = 0
         self._idle: anyio.Event | None = None
@@ -219,6 +238,7 @@ class FakeCobalt:
         self._routes: dict[str, dict[str, _Handler]] = {
             "/v1/tasks": {"POST": self._post_task},
             "/v1/tasks/notes": {"POST": self._post_note},
+            "/v1/patients/fetch": {"POST": self._post_fetch},
             "/v1/webhook-events": {"GET": self._get_events},
         }
         self.webhooks = WebhookRegistry(self, self._rng)
@@ -246,6 +266,8 @@ class FakeCobalt:
         _check_choice("job_id_type", self.job_id_type, get_args(JobIdType))
         _check_choice("emr_profile", self.emr_profile, get_args(EmrProfile))
         _check_choice("record_shape", self.record_shape, get_args(RecordShape))
+        _check_choice("live_fetch_shape", self.live_fetch_shape, get_args(LiveFetchShape))
+        _check_choice("task_placement", self.task_placement, get_args(TaskPlacement))
         if self.receiver is not None and self.webhook_url is not None:
             msg = "pass receiver= (in-process delivery) or webhook_url= (HTTP), not both"
             raise ConfigurationError(msg)
@@ -282,9 +304,48 @@ class FakeCobalt:
         """Jobs accepted but not yet finished and delivered."""
         return self._busy
 
+    def add_patient(
+        self,
+        mrn: str,
+        *,
+        first_name: str | None = None,
+        last_name: str | None = None,
+        date_of_birth: str | None = None,
+        phone: str | None = None,
+        **fields: Any,
+    ) -> None:
+        """Put a patient in the EHR (or update one), for live fetches to find."""
+        self._patients.add_patient(
+            mrn,
+            first_name=first_name,
+            last_name=last_name,
+            date_of_birth=date_of_birth,
+            phone=phone,
+            **fields,
+        )
+
+    def add_task(
+        self,
+        mrn: str,
+        *,
+        emr_task_id: str | None = None,
+        subject: str | None = None,
+        description: str | None = None,
+        **fields: Any,
+    ) -> str:
+        """
+        Put a task on a patient's chart as if clinic staff had made it in the EHR; returns
+        its ``emr_task_id``. The patient is added if new; *fields* go in the task as sent.
+        """
+        emr_task_id = emr_task_id or self._uuid()
+        extra = {"subject": subject, "description": description, **fields}
+        task = {key: value for key, value in extra.items() if value is not None}
+        self._patients.add_task(emr_task_id, mrn, **task)
+        return emr_task_id
+
     def add_emr_task(self, emr_task_id: str) -> None:
-        """Make *emr_task_id* a task notes may target, as if staff had created it in the EHR."""
-        self._history.emr_tasks.add(emr_task_id)
+        """Make *emr_task_id* a task notes may target, on no patient's chart."""
+        self._patients.add_task(emr_task_id, None)
 
     async def drain(self) -> None:
         """Wait until every accepted job has finished and its deliveries are over."""
@@ -386,6 +447,9 @@ class FakeCobalt:
     async def _post_note(self, scope: Scope, receive: Receive) -> Reply:
         return await self._post(receive, self._check_note, self._accept_note)
 
+    async def _post_fetch(self, scope: Scope, receive: Receive) -> Reply:
+        return await self._post(receive, self._check_fetch, self._accept_fetch)
+
     async def _post(
         self,
         receive: Receive,
@@ -439,16 +503,16 @@ class FakeCobalt:
 
     def _check_note(self, body: dict[str, Any]) -> Reply | None:
         problem = field_problem(body, _NOTE_FIELDS, _NOTE_FIELDS, _NOTE_FIELDS)
-        if problem is not None:
-            return error(400, problem)
-        if body["emr_task_id"] not in self._history.emr_tasks:
-            return error(404, "Task not found.")
-        return None
+        return None if problem is None else error(400, problem)
+
+    def _check_fetch(self, body: dict[str, Any]) -> Reply | None:
+        problem = fetch_problem(body)
+        return None if problem is None else error(400, problem)
 
     def _accept_task(self, body: dict[str, Any]) -> tuple[_Job, Reply]:
         number, envelope = self._start_job()
         task_id = self._hex_id()
-        emr_task_id: str | None = None
+        on_success = None
         if self._fail(envelope["job_id"]):
             build = partial(
                 make_task_failed_event,
@@ -468,19 +532,24 @@ class FakeCobalt:
                 assignee_user_id=body.get("assignee_user_id"),
                 **envelope,
             )
+            shown = {name: body[name] for name in ("subject", "description") if name in body}
+            on_success = partial(self._patients.add_task, emr_task_id, body["patient_mrn"], **shown)
         self.stats.tasks_accepted += 1
-        job = self._new_job(envelope["job_id"], build, emr_task_id)
+        job = self._new_job(envelope["job_id"], build, on_success)
         payload = {"success": True, "message": _TASK_ACCEPTED, "task_id": task_id}
         return job, Reply(200, {**payload, "job_id": self._wire_job_id(number)})
 
     def _accept_note(self, body: dict[str, Any]) -> tuple[_Job, Reply]:
         number, envelope = self._start_job()
         task_note_id = self._hex_id()
-        if self._fail(envelope["job_id"]):
+        # Cobalt accepts the note before it looks for the task; a missing one fails the job.
+        known = body["emr_task_id"] in self._patients
+        if not known or self._fail(envelope["job_id"]):
+            self.expected_failures.add(envelope["job_id"])
             build = partial(
                 make_task_note_failed_event,
                 task_note_id=task_note_id,
-                reasons=[self._reason(_NOTE_FAILURES)],
+                reasons=[self._reason(_NOTE_FAILURES) if known else _NO_SUCH_TASK],
                 **envelope,
             )
         else:
@@ -496,6 +565,39 @@ class FakeCobalt:
         job = self._new_job(envelope["job_id"], build, None)
         payload = {"success": True, "message": _NOTE_ACCEPTED, "task_note_id": task_note_id}
         return job, Reply(200, {**payload, "job_id": self._wire_job_id(number)})
+
+    def _accept_fetch(self, body: dict[str, Any]) -> tuple[_Job, Reply]:
+        _, envelope = self._start_job()
+        # Live-fetch job ids are prefixed strings, in the answer as in the event.
+        job_id = f"job_{envelope['job_id']}"
+        failed = self._fail(job_id)
+        build = partial(self._fetch_result, body, job_id, envelope["event_id"], failed)
+        self.stats.fetches_accepted += 1
+        name = "job_id" if self.live_fetch_shape == "new" else "job_execution_id"
+        payload = {"success": True, "message": _FETCH_ACCEPTED, name: job_id}
+        return self._new_job(job_id, build, None), Reply(200, payload)
+
+    def _fetch_result(
+        self, body: dict[str, Any], job_id: str, event_id: str, failed: bool, *, created: str
+    ) -> dict[str, Any]:
+        """The fetch's event, from the EHR as it is when the job runs."""
+        if failed:
+            found: list[dict[str, Any]] = []
+            failure = self._reason(_FETCH_FAILURES)
+            extra = {"failure_reason": failure["description"], "reasons": [failure]}
+        else:
+            found, extra = self._patients.search(body), {}
+        return make_patient_live_fetch_completed_event(
+            job_id=job_id,
+            patients=found,
+            success=not failed,
+            shape=self.live_fetch_shape,
+            tasks_at_top_level=self.task_placement == "top_level",
+            event_id=event_id,
+            timestamp=created,
+            access_token_reference_id=self.access_token_reference_id,
+            **extra,
+        )
 
     # -- fault decisions: every draw comes from self._rng, in request order ----------------
 
@@ -536,13 +638,16 @@ class FakeCobalt:
         return failed
 
     def _new_job(
-        self, job_id: str, build: Callable[..., dict[str, Any]], emr_task_id: str | None
+        self,
+        job_id: str,
+        build: Callable[..., dict[str, Any]],
+        on_success: Callable[[], None] | None,
     ) -> _Job:
         low, high = _latency_range(self.latency)
         return _Job(
             job_id=job_id,
             build=build,
-            emr_task_id=emr_task_id,
+            on_success=on_success,
             latency=low if low == high else self._rng.uniform(low, high),
             early=self._roll(self.early_rate),
             drop=self._roll(self.drop_rate),
@@ -583,8 +688,8 @@ class FakeCobalt:
         self.stats.jobs_finished += 1
         if job.job_id in self.expected_failures:
             self.stats.failed_jobs += 1
-        elif job.emr_task_id is not None:
-            self._history.emr_tasks.add(job.emr_task_id)
+        elif job.on_success is not None:
+            job.on_success()
         return record
 
     def _log(self, line: str) -> None:

@@ -6,10 +6,10 @@ import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date
 from typing import Any, Literal, Protocol, TypeAlias
 
-from ._wire import Reply, error, positive_int
+from ._patients import PatientDirectory
+from ._wire import Reply, error, is_day, positive_int
 
 RecordShape: TypeAlias = Literal["new", "old"]
 
@@ -43,12 +43,11 @@ class HistoryKnobs(Protocol):
 class EventHistory:
     """Every finished event, oldest first, at most ``knobs.max_events`` of them."""
 
-    def __init__(self, knobs: HistoryKnobs) -> None:
+    def __init__(self, knobs: HistoryKnobs, patients: PatientDirectory) -> None:
         self._knobs = knobs
+        self._patients = patients
         self.records: deque[Record] = deque()
         self._by_job: dict[str, Record] = {}
-        self.emr_tasks: set[str] = set()
-        """EHR task ids notes may target: created by finished jobs or added by a test."""
 
     def __len__(self) -> int:
         return len(self.records)
@@ -57,7 +56,7 @@ class EventHistory:
         """Record a finished job's event; the oldest are forgotten past the bound."""
         record = Record(event)
         self.records.append(record)
-        self._by_job[event["job_id"]] = record
+        self._by_job[job_id_of(event)] = record
         while len(self.records) > self._knobs.max_events:
             self._forget(self.records.popleft())
         return record
@@ -65,9 +64,9 @@ class EventHistory:
     def _forget(self, record: Record) -> None:
         # Bounded, so that a simulator serving for hours does not grow without limit.
         event = record.event
-        del self._by_job[event["job_id"]]
+        del self._by_job[job_id_of(event)]
         if event["type"] == "task.created":
-            self.emr_tasks.discard(event["data"]["emr_task_id"])
+            self._patients.forget_task(event["data"]["emr_task_id"])
 
     def listing(self, query: dict[str, str]) -> Reply:
         """The answer to ``GET /v1/webhook-events`` with *query*, as Cobalt checks it."""
@@ -111,7 +110,7 @@ class EventHistory:
             if (kind is None or record.event["type"] == kind)
             and (status is None or record.status == status)
             # Cobalt's timestamps start with the day, so comparing text compares days.
-            and first <= record.event["created"][:10] <= last
+            and first <= created_of(record.event)[:10] <= last
         ]
 
     def _item(self, record: Record) -> dict[str, Any]:
@@ -123,14 +122,17 @@ class EventHistory:
                 "webhook_url": self._knobs.webhook_url or "",
                 "delivery_status": record.status,
                 "data": event["data"],
-                "created_at": event["created"],
-                "job_id": event["job_id"],
-                "access_token_reference_id": event["access_token_reference_id"],
+                "created_at": created_of(event),
+                "job_id": job_id_of(event),
+                "access_token_reference_id": event.get("access_token_reference_id"),
             }
         return {
-            **{key: event[key] for key in ("id", "access_token_reference_id", "object", "created")},
+            "id": event["id"],
+            "access_token_reference_id": event.get("access_token_reference_id"),
+            "object": event.get("object", "event"),
+            "created": created_of(event),
             "type": event["type"],
-            "job_id": event["job_id"],
+            "job_id": job_id_of(event),
             "status": record.status,
             "delivered": record.status == "success",
             "delivery_attempts": record.attempts,
@@ -145,14 +147,17 @@ def _filter_problem(query: dict[str, str]) -> str | None:
         if name in query and query[name] not in allowed:
             return f"{name} must be one of {', '.join(allowed)}"
     for name in ("start_date", "end_date"):
-        if name in query and not _is_day(query[name]):
+        if name in query and not is_day(query[name]):
             return f"{name} must be a date as YYYY-MM-DD"
     return None
 
 
-def _is_day(text: str) -> bool:
-    try:
-        date.fromisoformat(text)
-    except ValueError:
-        return False
-    return len(text) == 10
+def job_id_of(event: dict[str, Any]) -> str:
+    """The job an event settles; the live-fetch envelope once called it ``job_execution_id``."""
+    job_id = event.get("job_id")
+    return str(job_id if job_id is not None else event["job_execution_id"])
+
+
+def created_of(event: dict[str, Any]) -> str:
+    """When an event was created: ``created``, or the live-fetch envelope's ``timestamp``."""
+    return str(event.get("created") or event["timestamp"])

@@ -12,6 +12,8 @@ class FakeStats:
     requests: int = 0
     tasks_accepted: int = 0
     notes_accepted: int = 0
+    fetches_accepted: int = 0
+    """Live fetches (``POST /v1/patients/fetch``) accepted."""
     rejected: int = 0
     """Requests answered with a 4xx, except the injected 429s."""
     api_errors: int = 0

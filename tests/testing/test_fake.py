@@ -205,7 +205,6 @@ async def test_note_validation_messages(body: dict[str, Any], message: str) -> N
         ("/tasks", {**TASK, "patient_mrn": "MRN-UNKNOWN"}, "Patient not found."),
         ("/tasks", {**TASK, "assignee_user_id": "USER-UNKNOWN"}, "User not found."),
         ("/tasks", {**TASK, "notify_list": ["u1", "USER-UNKNOWN"]}, "User not found."),
-        ("/tasks/notes", {"emr_task_id": "never-created", "note": "n"}, "Task not found."),
     ],
 )
 async def test_unknown_records_answer_404(path: str, body: dict[str, Any], message: str) -> None:
@@ -312,7 +311,10 @@ async def test_failed_jobs_carry_reasons_and_are_expected() -> None:
                 "/tasks/notes",
                 json={"emr_task_id": "failed-tasks-create-nothing", "note": "n"},
             )
-    task_event, note_event = (parse_event(event) for event in fake.events)
+            await fake.drain()
+    task_event, note_event, orphan_event = (parse_event(event) for event in fake.events)
+    assert isinstance(orphan_event, TaskNoteFailedEvent)
+    assert [reason.code for reason in orphan_event.data.reasons] == ["task_not_found"]
     assert isinstance(task_event, TaskFailedEvent)
     assert task_event.data.task_id == reply["task_id"]
     assert task_event.data.reasons
@@ -320,9 +322,9 @@ async def test_failed_jobs_carry_reasons_and_are_expected() -> None:
     assert task_event.data.failure_reason == task_event.data.reasons[0].description
     assert isinstance(note_event, TaskNoteFailedEvent)
     assert note_event.data.task_note_id == note.json()["task_note_id"]
-    assert fake.expected_failures == {"10000", "10001"}
-    assert fake.stats.failed_jobs == 2
-    assert orphan.status_code == 404
+    assert orphan.status_code == 200  # accepted: the EHR is asked only when the job runs
+    assert fake.expected_failures == {"10000", "10001", "10002"}
+    assert fake.stats.failed_jobs == 3
 
 
 # -- delivery faults --------------------------------------------------------------------------
