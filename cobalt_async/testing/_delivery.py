@@ -16,7 +16,7 @@ import anyio
 import httpx
 
 from ._factories import signed_delivery, utc_timestamp
-from ._history import Record
+from ._history import Record, job_id_of
 from ._stats import FakeStats
 
 logger = logging.getLogger("cobalt_async.testing")
@@ -79,7 +79,7 @@ class Delivery:
         if drop:
             record.status = "failed"
             knobs.stats.dropped += 1
-            self._log(f"webhook {record.event['type']} job_id={record.event['job_id']} -> dropped")
+            self._log(f"webhook {record.event['type']} job_id={job_id_of(record.event)} -> dropped")
             return
         if duplicate:
             knobs.stats.duplicated += 1
@@ -114,7 +114,7 @@ class Delivery:
         if isinstance(answer, int):
             record.response_status = answer
         event = record.event
-        self._log(f"webhook {event['type']} job_id={event['job_id']} attempt={attempt} -> {answer}")
+        self._log(f"webhook {event['type']} job_id={job_id_of(event)} attempt={attempt} -> {answer}")
         return answer
 
     async def _send(self, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
