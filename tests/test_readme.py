@@ -44,10 +44,11 @@ def test_the_readme_example_is_a_complete_program() -> None:
 async def test_the_readme_example_writes_a_note_against_a_served_fake_cobalt(
     tmp_path: Path,
 ) -> None:
-    """Run as a script with COBALT_* set: it prints the note written in the (fake) EHR."""
+    """Run as a script with COBALT_* set: it notes the created task and staff's own."""
     script = tmp_path / "readme_example.py"
     script.write_text(readme_example(), encoding="utf-8")
     fake = FakeCobalt(latency=0.05)
+    fake.add_task("MRN-12345", subject="Refill request")  # made by clinic staff in the EHR
     with anyio.fail_after(TIMEOUT):
         async with serve(fake) as url:
             env = {
@@ -61,10 +62,12 @@ async def test_the_readme_example_writes_a_note_against_a_served_fake_cobalt(
 
     stdout = result.stdout.decode()
     assert result.returncode == 0, result.stderr.decode()[-2000:]
-    assert stdout.startswith("note written:")
-    note_event = next(event for event in fake.events if event["type"] == "task_note.created")
-    assert stdout == f"note written: {note_event['data']['emr_note_id']}\n"
-    assert (fake.stats.tasks_accepted, fake.stats.notes_accepted) == (1, 1)
+    notes = [event["data"] for event in fake.events if event["type"] == "task_note.created"]
+    assert stdout == "".join(f"note written: {note['emr_note_id']}\n" for note in notes)
+    created = next(event["data"] for event in fake.events if event["type"] == "task.created")
+    assert created["emr_task_id"] in {note["emr_task_id"] for note in notes}
+    counts = fake.stats.tasks_accepted, fake.stats.fetches_accepted, fake.stats.notes_accepted
+    assert (1, 1, 2) == counts
 
 
 def test_every_test_the_readme_names_exists() -> None:
