@@ -21,7 +21,7 @@ from ._handles import JobHandle, JobStatus
 from ._servers import fake_from_args, serve
 from ._webhooks import WebhookReceiver
 from .asgi import WebhookApp
-from .models import TaskCreatedEvent, TaskCreateParams
+from .models import PatientLiveFetchCompletedEvent, TaskCreatedEvent, TaskCreateParams
 from .sinks import InMemorySink
 from .testing import FakeCobalt
 
@@ -33,9 +33,13 @@ class _Tally:
     """Everything the summary reports, gathered as the demo runs."""
 
     submitted: int = 0
-    """Jobs Cobalt accepted, tasks and notes alike."""
+    """Jobs Cobalt accepted: tasks, live fetches and notes alike."""
+    fetches: int = 0
+    """Of which live fetches, one of each created task's patient."""
     notes: int = 0
-    """Of which notes, one appended to each created task."""
+    """Of which notes, one on each task a fetch found."""
+    staff_notes: int = 0
+    """Of the notes, those on tasks clinic staff made in the EHR, never through the SDK."""
     rejected: int = 0
     succeeded: int = 0
     failed: int = 0
@@ -66,7 +70,8 @@ class _Progress:
         self.total = total
         self.out = out
         self.done = 0
-        self._step = max(1, total // 10)
+        # A line per tenth of the jobs: a task brings a fetch and one or two notes.
+        self._step = max(1, 3 * total // 10)
         self._bar: Any = None
         if rich:
             from rich.progress import Progress
@@ -82,6 +87,12 @@ class _Progress:
     def __exit__(self, *exc_info: object) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+    def expect(self, jobs: int) -> None:
+        """*jobs* more to resolve (fewer, when negative): fetches and notes come as found."""
+        self.total += jobs
+        if self._bar is not None:
+            self._bar.update(self._task, total=self.total)
 
     def submitted(self, phase: str, progress: BatchProgress) -> None:
         if self._bar is None and progress.done == progress.total:
@@ -156,7 +167,10 @@ class _Reconciler:
 
 
 class _Pipeline:
-    """Follows each accepted task to its outcome, then appends and follows its note."""
+    """
+    Follows each accepted task to its outcome, fetches its patient's EHR tasks, and appends
+    and follows a note on each: the one just created, and those clinic staff made.
+    """
 
     def __init__(
         self,
@@ -165,6 +179,7 @@ class _Pipeline:
         tally: _Tally,
         progress: _Progress,
         *,
+        mrns: list[str],
         concurrency: int,
         deadline: float,
         patience: float,
@@ -173,8 +188,9 @@ class _Pipeline:
         self.fake = fake
         self.tally = tally
         self.progress = progress
+        self.mrns = mrns
         self.deadline = deadline
-        self.note_slots = anyio.CapacityLimiter(concurrency)
+        self.slots = anyio.CapacityLimiter(concurrency)
         self.reconciler = _Reconciler(client, tally, patience)
 
     async def follow(self, handle: JobHandle[Any]) -> None:
@@ -189,55 +205,74 @@ class _Pipeline:
         self.tally.settle(handle, self.fake.expected_failures)
         self.progress.resolved()
 
-    async def follow_task(self, handle: JobHandle[TaskCreatedEvent]) -> None:
+    async def follow_task(self, handle: JobHandle[TaskCreatedEvent], mrn: str) -> None:
         await self.follow(handle)
         if not isinstance(handle.event, TaskCreatedEvent):
-            self.progress.total -= 1  # failed or unknown: no note for this task
+            return  # failed or unknown: nothing to fetch for this task
+        created = handle.event.data.emr_task_id
+        self.progress.expect(1)
+        async with self.slots:
+            try:
+                fetch = await self.client.patients.fetch(
+                    search_by="mrn", mrn=mrn, include=["tasks"]
+                )
+            except CobaltError:  # a fetch is retried like a GET: nothing to reconcile
+                self.tally.rejected += 1
+                self.progress.expect(-1)
+                return
+        self.tally.submitted += 1
+        self.tally.fetches += 1
+        await self.follow(fetch)
+        if not isinstance(fetch.event, PatientLiveFetchCompletedEvent):
             return
-        emr_task_id = handle.event.data.emr_task_id
-        async with self.note_slots:
+        found = [task.emr_task_id for task in fetch.event.data.tasks]
+        self.progress.expect(len(found))
+        async with anyio.create_task_group() as notes:
+            for emr_task_id in found:
+                notes.start_soon(self.append_note, emr_task_id, emr_task_id != created)
+
+    async def append_note(self, emr_task_id: str, staff_made: bool) -> None:
+        async with self.slots:
             try:
                 note = await self.client.tasks.notes.create(
                     emr_task_id=emr_task_id, note="Called the patient back."
                 )
             except APIError as exc:
-                if not exc.outcome_unknown:
-                    self.tally.rejected += 1
-                    self.progress.total -= 1
-                    return
-                found = await self.reconciler.find(exc)
+                found = await self.reconciler.find(exc) if exc.outcome_unknown else None
                 if found is None:
-                    self.progress.total -= 1
+                    self.tally.rejected += not exc.outcome_unknown
+                    self.progress.expect(-1)
                     return
                 note = found
             except CobaltError:
                 self.tally.rejected += 1
-                self.progress.total -= 1
+                self.progress.expect(-1)
                 return
         self.tally.submitted += 1
         self.tally.notes += 1
+        self.tally.staff_notes += staff_made
         await self.follow(note)
 
-    async def follow_lost_task(self, error: APIError) -> None:
+    async def follow_lost_task(self, error: APIError, mrn: str) -> None:
         """A task whose answer was lost: found again in Cobalt's record, then followed."""
         handle = await self.reconciler.find(error)
         if handle is None:
-            self.progress.total -= 2
+            self.progress.expect(-1)
             return
         self.tally.submitted += 1
-        await self.follow_task(handle)
+        await self.follow_task(handle, mrn)
 
     def on_task(self, task_group: TaskGroup, progress: BatchProgress) -> None:
         self.progress.submitted("tasks", progress)
-        result = progress.result
+        result, mrn = progress.result, self.mrns[progress.index]
         if isinstance(result, JobHandle):
             self.tally.submitted += 1
-            task_group.start_soon(self.follow_task, result)
+            task_group.start_soon(self.follow_task, result, mrn)
         elif isinstance(result, APIError) and result.outcome_unknown:
-            task_group.start_soon(self.follow_lost_task, result)
+            task_group.start_soon(self.follow_lost_task, result, mrn)
         else:
             self.tally.rejected += 1
-            self.progress.total -= 2
+            self.progress.expect(-1)
 
 
 async def run_demo(args: argparse.Namespace) -> int:
@@ -250,6 +285,9 @@ async def run_demo(args: argparse.Namespace) -> int:
     async with serve(WebhookApp(receiver)) as hook_url:
         webhook_url = f"{hook_url}/webhooks/cobalt"
         fake = fake_from_args(args, webhook_url=webhook_url, webhook_secret=_SECRET)
+        mrns = [f"MRN-{index:05d}" for index in range(args.tasks)]
+        for mrn in mrns[::2]:  # every other patient has a task clinic staff made in the EHR
+            fake.add_task(mrn, subject="Refill request", description="Patient asks for a refill.")
         async with serve(fake) as cobalt_url:
             client = CobaltClient(
                 base_url=f"{cobalt_url}/v1",
@@ -262,12 +300,13 @@ async def run_demo(args: argparse.Namespace) -> int:
             )
             rich = out.isatty() and not args.json
             async with client:
-                with _Progress(2 * args.tasks, out, rich=rich) as progress:
+                with _Progress(args.tasks, out, rich=rich) as progress:
                     pipeline = _Pipeline(
                         client,
                         fake,
                         tally,
                         progress,
+                        mrns=mrns,
                         concurrency=args.concurrency,
                         deadline=deadline,
                         # Long enough for the slowest job to finish and be listed.
@@ -282,11 +321,11 @@ async def run_demo(args: argparse.Namespace) -> int:
 async def _submit_and_wait(args: argparse.Namespace, pipeline: _Pipeline) -> None:
     tasks: list[TaskCreateParams] = [
         {
-            "patient_mrn": f"MRN-{index:05d}",
+            "patient_mrn": mrn,
             "subject": "Follow-up",
             "description": "Call the patient back about recent lab results.",
         }
-        for index in range(args.tasks)
+        for mrn in pipeline.mrns
     ]
     # Each task is followed from the moment it is accepted, so latency is the job's own.
     async with anyio.create_task_group() as reconciling:
@@ -320,8 +359,10 @@ def _summary(tally: _Tally, fake: FakeCobalt, sink: InMemorySink, wall: float) -
     stats = sink.stats()
     return {
         "submitted": tally.submitted,
-        "tasks": tally.submitted - tally.notes,
+        "tasks": tally.submitted - tally.fetches - tally.notes,
+        "fetches": tally.fetches,
         "notes": tally.notes,
+        "staff_notes": tally.staff_notes,
         "succeeded": tally.succeeded,
         "failed": tally.failed,
         "failed_expected": tally.failed_expected,
@@ -336,11 +377,13 @@ def _summary(tally: _Tally, fake: FakeCobalt, sink: InMemorySink, wall: float) -
         "answers_lost": fake.stats.answers_lost,
         "reconciled": tally.reconciled,
         "unreconciled": tally.unreconciled,
-        # Jobs Cobalt made beyond those the client knows of: a create sent twice.
+        # A fetch whose answer was lost is sent again (it only reads): Cobalt ran it twice.
+        "fetches_repeated": fake.stats.fetches_accepted - tally.fetches,
+        # Writes Cobalt made beyond those the client knows of: a create sent twice.
         "duplicate_writes": (
             fake.stats.tasks_accepted
             + fake.stats.notes_accepted
-            - tally.submitted
+            - (tally.submitted - tally.fetches)
             - tally.unreconciled
         ),
         "wall_s": round(wall, 2),
@@ -355,7 +398,9 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     via = ", ".join(f"{count} by {how}" for how, count in sorted(summary["resolved_via"].items()))
     lines = [
         f"submitted  {summary['submitted']} jobs: {summary['tasks']} tasks, "
-        f"{summary['notes']} notes appended to them",
+        f"{summary['fetches']} live fetches of their patients' EHR tasks, "
+        f"{summary['notes']} notes appended to the tasks found "
+        f"({summary['staff_notes']} on tasks clinic staff made)",
         f"succeeded  {summary['succeeded']}",
         f"failed     {summary['failed']} ({summary['failed_expected']} injected by the simulator)",
         f"lost       {summary['lost']}",

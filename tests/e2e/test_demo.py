@@ -64,8 +64,11 @@ def test_demo_loses_nothing_under_duplicates_early_and_dropped_webhooks() -> Non
     assert summary["resolved_via"].get("poll", 0) > 0  # dropped webhooks found by polling
     assert summary["backstop_polls"] > 0
     assert summary["duplicates"] > 0  # duplicate deliveries were seen and ignored
-    # A note is appended to each created task: tasks plus their notes.
-    assert 200 < summary["submitted"] <= 400
+    # Each created task's patient is fetched, and a note appended to each task found.
+    assert summary["tasks"] == 200
+    assert summary["fetches"] <= 200
+    assert summary["staff_notes"] > 0
+    assert 200 < summary["submitted"] <= 700
 
 
 def test_demo_reconciles_creates_whose_answer_was_lost_and_writes_nothing_twice() -> None:
@@ -77,22 +80,28 @@ def test_demo_reconciles_creates_whose_answer_was_lost_and_writes_nothing_twice(
 
     assert status == 0
     assert summary["lost"] == summary["duplicate_writes"] == summary["unreconciled"] == 0
-    assert summary["reconciled"] == summary["answers_lost"] > 0
+    # A lost create is reconciled; a lost fetch is sent again, as it only reads.
+    assert summary["reconciled"] > 0
+    assert summary["reconciled"] + summary["fetches_repeated"] == summary["answers_lost"]
     assert_accounted_for(summary)
-    assert summary["submitted"] == 400  # every task and its note, the reconciled ones too
+    assert summary["submitted"] == 700  # every task, fetch and note, the reconciled ones too
 
 
-def test_demo_with_default_settings_resolves_400_jobs_quickly() -> None:
-    """200 tasks and their 200 notes, all succeeded via webhooks, well within 20 s."""
+def test_demo_with_default_settings_resolves_700_jobs_quickly() -> None:
+    """
+    200 tasks, a live fetch of each one's patient, and a note on each of the 300 tasks found
+    (100 made by clinic staff): all succeeded via webhooks, well within 20 s.
+    """
     status, summary = run_demo()
 
     assert status == 0
-    assert summary["submitted"] == 400
-    assert (summary["tasks"], summary["notes"]) == (200, 200)
-    assert summary["succeeded"] == 400
+    assert summary["submitted"] == 700
+    assert (summary["tasks"], summary["fetches"], summary["notes"]) == (200, 200, 300)
+    assert summary["staff_notes"] == 100
+    assert summary["succeeded"] == 700
     assert summary["lost"] == summary["failed"] == 0
     # No fault injected: nothing to recover by polling, no delivery repeated.
-    assert summary["resolved_via"] == {"webhook": 400}
+    assert summary["resolved_via"] == {"webhook": 700}
     assert summary["duplicates"] == summary["backstop_polls"] == 0
     assert_accounted_for(summary)
     assert summary["wall_s"] < 20
@@ -132,7 +141,9 @@ def test_demo_chaos_5000_tasks_loses_nothing() -> None:
     assert summary["resolved_via"]["poll"] >= dropped - summary["unreconciled"] > 0
     # Lost answers are found again, except those of failed jobs, which echo nothing to match.
     assert summary["duplicate_writes"] == 0
-    assert summary["reconciled"] + summary["unreconciled"] == summary["answers_lost"] > 0
+    lost_answers = summary["reconciled"] + summary["unreconciled"] + summary["fetches_repeated"]
+    assert lost_answers == summary["answers_lost"] > 0
     assert summary["reconciled"] > summary["unreconciled"]
-    # A note for each task that succeeded (about 95% of them), none for the others.
-    assert 5000 + 0.9 * 5000 < summary["submitted"] < 2 * 5000
+    # A fetch for each task that succeeded (about 95% of them), a note for each task found.
+    assert 0.9 * 5000 < summary["fetches"] <= 5000
+    assert 0.9 * 1.5 * summary["fetches"] < summary["notes"] <= 1.5 * summary["fetches"]
