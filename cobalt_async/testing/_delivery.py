@@ -114,7 +114,8 @@ class Delivery:
         if isinstance(answer, int):
             record.response_status = answer
         event = record.event
-        self._log(f"webhook {event['type']} job_id={job_id_of(event)} attempt={attempt} -> {answer}")
+        job_id = job_id_of(event)
+        self._log(f"webhook {event['type']} job_id={job_id} attempt={attempt} -> {answer}")
         return answer
 
     async def _send(self, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
