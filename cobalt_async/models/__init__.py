@@ -18,6 +18,7 @@ from ._events import (
     is_failure,
     is_terminal,
     parse_event,
+    webhook_body,
 )
 from ._requests import (
     TaskCreateParams,
@@ -57,4 +58,5 @@ __all__ = [
     "is_failure",
     "is_terminal",
     "parse_event",
+    "webhook_body",
 ]
