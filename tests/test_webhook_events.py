@@ -12,7 +12,6 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 
 from cobalt_async import (
@@ -35,7 +34,7 @@ from cobalt_async.testing import (
     make_task_created_event,
     make_task_failed_event,
 )
-from tests.support import QUIET, UnavailableSink, free_port
+from tests.support import QUIET, StubCobalt, UnavailableSink, free_port, make_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -283,22 +282,6 @@ async def test_replay_of_events_missed_during_a_downtime_resolves_waiting_handle
 # -- what a replay does with events other than a job's first outcome ------------------------
 
 
-def stub(records: list[dict[str, Any]]) -> CobaltClient:
-    """A client whose listing holds *records*, in one page."""
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        page = {"current_page": 1, "total_pages": 1, "total_count": len(records)}
-        return httpx.Response(200, json={"webhook_events": records, "pagination": page})
-
-    return CobaltClient(
-        client_id="c",
-        client_secret="s",
-        access_token="t",
-        base_url="https://api.cobalt.test/v1",
-        transport=httpx.MockTransport(answer),
-    )
-
-
 def record(event: dict[str, Any]) -> dict[str, Any]:
     """*event* as an older-shape item of the listing (the whole body in ``data``)."""
     return {"job_id": event.get("job_id"), "delivery_status": "failed", "data": event}
@@ -312,9 +295,10 @@ async def test_other_events_reach_the_hook_once_and_conflicts_are_counted() -> N
     sync = {"id": "evt_4", "object": "event", "type": "patient.updated", "data": {"mrn": "M"}}
     hooked: list[Event] = []
     receiver = WebhookReceiver(InMemorySink(), secrets=[SECRET], on_event=hooked.append)
-    records = [record(event) for event in (created, conflicting, unreadable, sync)]
+    cobalt = StubCobalt()
+    cobalt.records = [record(event) for event in (created, conflicting, unreadable, sync)]
     with anyio.fail_after(LIMIT):
-        async with stub(records) as client:
+        async with make_client(cobalt, sink=None) as client:
             first = await client.webhook_events.replay(since=today(), into=receiver)
             second = await client.webhook_events.replay(since=today(), into=receiver)
 
