@@ -14,7 +14,14 @@ import anyio
 import httpx
 import pytest
 
-from cobalt_async import CobaltClient, Event, InMemorySink, WebhookReceiver
+from cobalt_async import (
+    APIError,
+    AuthenticationError,
+    CobaltClient,
+    Event,
+    InMemorySink,
+    WebhookReceiver,
+)
 from cobalt_async._forward import LOOKBACK, Forwarder
 from cobalt_async._types import ASGIApp, Receive, Scope, Send
 from cobalt_async.asgi import WebhookApp
@@ -190,3 +197,35 @@ async def test_an_event_recorded_late_is_forwarded_within_the_lookback_only() ->
             await forwarder.aclose()
 
     assert ["job_id=2", "job_id=4"] == sorted(line.split()[1] for line in lines)
+
+
+async def test_run_polls_on_after_a_failed_poll_and_stops_at_refused_credentials() -> None:
+    """A 503 is reported and polled past; a 401 ends the loop, since polling cannot mend it."""
+    answers = iter([503, 200, 401])
+    seen: list[int] = []
+
+    def cobalt(request: httpx.Request) -> httpx.Response:
+        status = next(answers)
+        seen.append(status)
+        if status != 200:
+            return httpx.Response(status, json={"success": False, "message": "no"})
+        return httpx.Response(200, json={"success": True, "webhook_events": []})
+
+    errors: list[APIError] = []
+    client = CobaltClient(
+        client_id="c",
+        client_secret="s",
+        access_token="t",
+        base_url="https://api.cobalt.test/v1",
+        transport=httpx.MockTransport(cobalt),
+        max_retries=0,
+    )
+    with anyio.fail_after(LIMIT):
+        async with client:
+            forwarder = Forwarder(client.webhook_events, APP_URL, SECRET, on_line=print)
+            fatal = await forwarder.run(0.001, on_error=errors.append)
+            await forwarder.aclose()
+
+    assert [503, 200, 401] == seen
+    assert [503] == [error.status_code for error in errors]
+    assert isinstance(fatal, AuthenticationError)
