@@ -9,7 +9,7 @@ import sys
 import anyio
 
 from ._client import CobaltClient
-from ._errors import APIError
+from ._errors import APIError, ConfigurationError
 from ._forward import Forwarder
 from ._servers import fake_from_args, serve
 from ._types import ASGIApp, Receive, Scope, Send
@@ -71,7 +71,11 @@ async def forward(args: argparse.Namespace) -> int:
     if missing:
         return _fail(f"missing Cobalt credentials: pass {', '.join(missing)}", status=2)
     credentials = {name: getattr(args, name) for name in _CREDENTIALS}
-    async with CobaltClient(base_url=args.base_url, max_retries=0, **credentials) as client:
+    try:
+        client = CobaltClient(base_url=args.base_url, max_retries=0, **credentials)
+    except ConfigurationError as exc:  # a base URL that is not one, say
+        return _fail(str(exc), status=2)
+    async with client:
         forwarder = Forwarder(
             client.webhook_events, args.forward_to, args.secret[-1], on_line=_print_line
         )

@@ -84,6 +84,8 @@ class ReplaySummary:
 
 
 class Received(Protocol):
+    """What a receiver answers for one event: a ``Receipt``."""
+
     @property
     def result(self) -> str: ...
 
@@ -315,7 +317,8 @@ async def _replay(
             )
             raise SinkUnavailableError(msg)
         counts[receipt.result] += 1
-        newest = max(newest, created if created is not None else newest)
+        if created is not None:
+            newest = max(newest, created)
     return ReplaySummary(
         replayed=counts["accepted"],
         duplicates=counts["duplicate"],

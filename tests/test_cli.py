@@ -411,6 +411,19 @@ def test_forward_without_credentials_names_each_flag_and_variable(
     )
 
 
+@pytest.mark.usefixtures("clean_environment")
+def test_forward_to_a_base_url_that_is_not_one_is_one_line_and_status_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = [*FORWARD[3:], "--forward-to", "http://127.0.0.1:1/hooks", "--base-url", "cobalt"]
+    credentials = ["--client-id", "c", "--client-secret", "s", "--access-token", "t"]
+    status, out, err = run_cli(capsys, [*argv, *credentials])
+
+    assert (2, "") == (status, out)
+    assert err.startswith("cobalt-async listen: base_url must be an http(s) URL")
+    assert len(err.splitlines()) == 1
+
+
 @pytest.mark.e2e
 @pytest.mark.anyio
 @pytest.mark.timeout(90)
