@@ -108,6 +108,18 @@ class TestIter:
         emr_task_ids = {event["data"]["emr_task_id"] for event in fake.events}
         assert emr_task_ids == {event.data.emr_task_id for event in walked}  # type: ignore[union-attr]
 
+    async def test_the_older_record_shape_walks_alike(self, anyio_backend: str) -> None:
+        """Items named id/type/created (the older API) come out as the same typed events."""
+        fake = FakeCobalt(latency=0.0, record_shape="old")
+        with anyio.fail_after(LIMIT):
+            async with cobalt(fake, anyio_backend) as client:
+                await create_tasks(client, 3)
+                await fake.drain()
+                walked = [event async for event in client.webhook_events.iter(page_size=2)]
+
+        assert [event["id"] for event in reversed(fake.events)] == [event.id for event in walked]
+        assert all(isinstance(event, TaskCreatedEvent) for event in walked)
+
     async def test_filters_select_at_the_server(self, anyio_backend: str) -> None:
         """job_id and event_type reach FakeCobalt, which filters as Cobalt documents."""
         fake = FakeCobalt(latency=0.0, failure_rate=0.5, seed=3)
