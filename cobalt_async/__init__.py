@@ -25,6 +25,7 @@ from ._errors import (
     WebhookVerificationError,
 )
 from ._handles import JobHandle, JobStatus
+from ._jobs import ReplaySummary, WebhookEventPage
 from ._logs import configure_from_environment as _configure_logs_from_environment
 from ._outcome import JobKind
 from ._reconcile import Reconciliation
@@ -81,6 +82,7 @@ __all__ = [
     "RateLimitError",
     "Receipt",
     "Reconciliation",
+    "ReplaySummary",
     "RequestValidationError",
     "ServerError",
     "Sink",
@@ -93,6 +95,7 @@ __all__ = [
     "UnknownEvent",
     "WaitResult",
     "Webhook",
+    "WebhookEventPage",
     "WebhookList",
     "WebhookReceiver",
     "WebhookVerificationError",

@@ -18,6 +18,8 @@ examples:
   python -m cobalt_async demo --json
   python -m cobalt_async simulate --port 8001
   python -m cobalt_async listen --port 8000 --secret whsec_test
+  python -m cobalt_async listen --forward-to http://127.0.0.1:8000/webhooks/cobalt \\
+      --secret whsec_test
   python -m cobalt_async verify --secret whsec_test --signature 5f0c... --body-file body.json
   python -m cobalt_async COMMAND --help
 """
@@ -39,6 +41,11 @@ _LISTEN_EXAMPLES = """\
 examples:
   python -m cobalt_async listen --port 8000 --secret whsec_test
   python -m cobalt_async listen --port 8000 --secret OLD --secret NEW --path /hooks
+  python -m cobalt_async listen --forward-to http://127.0.0.1:8000/webhooks/cobalt \\
+      --secret whsec_test
+  (polls Cobalt with COBALT_CLIENT_ID, COBALT_CLIENT_SECRET, COBALT_ACCESS_TOKEN and
+  COBALT_BASE_URL; against `simulate --port 8001`: --base-url http://127.0.0.1:8001/v1
+  --client-id ci_test --client-secret cs_test --access-token at_test)
 """
 _VERIFY_EXAMPLES = """\
 examples:
@@ -192,20 +199,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     listen = commands.add_parser(
         "listen",
-        help="receive, verify and print webhooks",
+        help="receive, verify and print webhooks, or forward Cobalt's events to a local app",
         epilog=_LISTEN_EXAMPLES,
         formatter_class=raw,
     )
+    where = listen.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", type=_port, help="receive webhooks on this port")
+    where.add_argument(
+        "--forward-to",
+        type=_webhook_url,
+        metavar="URL",
+        help="poll Cobalt's webhook-events and deliver each new event to URL, signed",
+    )
     listen.add_argument("--host", default="127.0.0.1")
-    listen.add_argument("--port", type=_port, required=True)
     listen.add_argument(
         "--secret",
         type=_secret,
         action="append",
         required=True,
-        help="webhook secret (repeat to rotate)",
+        help="webhook secret (repeat to rotate; --forward-to signs with the last one)",
     )
     listen.add_argument("--path", default="/webhooks/cobalt", help="route (/webhooks/cobalt)")
+    forward = listen.add_argument_group("with --forward-to (default: the COBALT_* variables)")
+    forward.add_argument("--base-url", help="Cobalt's API, e.g. http://127.0.0.1:8001/v1")
+    forward.add_argument("--client-id")
+    forward.add_argument("--client-secret")
+    forward.add_argument("--access-token")
+    forward.add_argument(
+        "--interval", type=_positive(float), default=2.0, help="seconds between polls (2)"
+    )
 
     verify = commands.add_parser(
         "verify",

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import anyio
 
+from ._client import CobaltClient
+from ._errors import APIError, ConfigurationError
+from ._forward import Forwarder
 from ._servers import fake_from_args, serve
 from ._types import ASGIApp, Receive, Scope, Send
 from ._webhooks import WebhookReceiver
@@ -34,7 +39,9 @@ async def simulate(args: argparse.Namespace) -> int:
 
 
 async def listen(args: argparse.Namespace) -> int:
-    """Receive, verify and print webhooks until stopped."""
+    """Receive, verify and print webhooks until stopped; or forward them with --forward-to."""
+    if args.forward_to is not None:
+        return await forward(args)
 
     def show(event: Event) -> None:
         _print_line(f"{event.type} job_id={event.job_id} id={event.id}")
@@ -45,6 +52,55 @@ async def listen(args: argparse.Namespace) -> int:
         _print_line(f"listening for Cobalt webhooks at {url}{args.path}")
         await anyio.sleep_forever()
     return 0
+
+
+_CREDENTIALS = {
+    "client_id": "COBALT_CLIENT_ID",
+    "client_secret": "COBALT_CLIENT_SECRET",
+    "access_token": "COBALT_ACCESS_TOKEN",
+}
+
+
+async def forward(args: argparse.Namespace) -> int:
+    """Poll Cobalt's webhook-events and deliver each new event to ``--forward-to``, signed."""
+    missing = [
+        f"--{name.replace('_', '-')} (or {variable})"
+        for name, variable in _CREDENTIALS.items()
+        if not (getattr(args, name) or os.environ.get(variable, "").strip())
+    ]
+    if missing:
+        return _fail(f"missing Cobalt credentials: pass {', '.join(missing)}", status=2)
+    credentials = {name: getattr(args, name) for name in _CREDENTIALS}
+    try:
+        client = CobaltClient(base_url=args.base_url, max_retries=0, **credentials)
+    except ConfigurationError as exc:  # a base URL that is not one, say
+        return _fail(str(exc), status=2)
+    async with client:
+        forwarder = Forwarder(
+            client.webhook_events, args.forward_to, args.secret[-1], on_line=_print_line
+        )
+        try:
+            await forwarder.prime()
+            _print_line(
+                f"forwarding Cobalt events from {client.base_url} to {args.forward_to} "
+                f"(polling every {args.interval:g} s)"
+            )
+            fatal = await forwarder.run(args.interval, on_error=_warn)
+        except APIError as exc:
+            fatal = exc
+        finally:
+            with anyio.CancelScope(shield=True):  # also when Ctrl-C cancelled the poll
+                await forwarder.aclose()
+    return _fail(f"cannot poll Cobalt's webhook-events: {fatal}", status=1)
+
+
+def _warn(exc: APIError) -> None:
+    print(f"cobalt-async listen: poll failed, polling again: {exc}", file=sys.stderr, flush=True)
+
+
+def _fail(message: str, *, status: int) -> int:
+    print(f"cobalt-async listen: {message}", file=sys.stderr, flush=True)
+    return status
 
 
 def _only_path(path: str, app: ASGIApp) -> ASGIApp:

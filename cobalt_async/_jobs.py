@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
+import math
 import time
-from collections import OrderedDict
-from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass
-from datetime import date, datetime
-from typing import Any, Literal, get_args, overload
+from collections import Counter, OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal, Protocol, TypedDict, Unpack, get_args, overload
 
 from pydantic import ValidationError
 
 from ._config import DEFAULT_JOB_TIMEOUT, NotGiven, PollPolicy
-from ._errors import APIError, ClientClosedError, RequestValidationError, SinkUnavailableError
+from ._errors import APIError, ClientClosedError, SinkUnavailableError
 from ._handles import JobHandle
 from ._http import Requester, parse_answer
 from ._logs import ids
-from ._outcome import JobKind, Outcome, PendingJob
-from ._reconcile import SKEW, Reconciliation, UnknownCreate, settle, terminal_events
+from ._outcome import JobKind, Outcome, PendingJob, Via
+from ._reconcile import SKEW, Reconciliation, UnknownCreate, created_at, settle, terminal_events
 from ._telemetry import sink_error
+from ._validation import MAX_PAGE_SIZE, invalid, listing_params, window
 from .models import (
     Event,
     JobEvent,
@@ -43,7 +44,59 @@ class WebhookEventPage:
     """One page of ``GET /v1/webhook-events``."""
 
     events: list[Event]
+    """The page's records that parse as events, typed as webhooks are."""
     pagination: Pagination
+    records: list[dict[str, Any]] = field(default_factory=list)
+    """The page's items as Cobalt sent them, with their delivery status."""
+
+
+class ListingFilters(TypedDict, total=False):
+    """The filters :meth:`WebhookEvents.pages` and :meth:`WebhookEvents.iter` take."""
+
+    job_id: str | int
+    event_type: str
+    delivery_status: Literal["success", "failed"]
+    start_date: date | str
+    end_date: date | str
+    page_size: int
+    sort: Literal["created_at", "-created_at"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaySummary:
+    """What :meth:`WebhookEvents.replay` fed the receiver, by what the receiver did with it."""
+
+    replayed: int = 0
+    """Events new to the receiver: stored (waiters woken) and passed to its on_event hook."""
+    duplicates: int = 0
+    """Events it had already: delivered live, or replayed before. Nothing resolved twice."""
+    conflicts: int = 0
+    """Second, different terminal events for a job: the first one stays its outcome."""
+    unreadable: int = 0
+    """Terminal events this version cannot read: stored, their waiters raise
+    ``MalformedEventError``."""
+    newest: datetime | None = None
+    """When the newest event read was created: the *since* of the next replay."""
+
+    @property
+    def read(self) -> int:
+        """Events read from Cobalt's record within the window."""
+        return self.replayed + self.duplicates + self.conflicts + self.unreadable
+
+
+class Received(Protocol):
+    """What a receiver answers for one event: a ``Receipt``."""
+
+    @property
+    def result(self) -> str: ...
+
+
+class EventReceiver(Protocol):
+    """What :meth:`WebhookEvents.replay` feeds: a ``WebhookReceiver``."""
+
+    async def receive_event(
+        self, event: Event, *, delivery_id: str | None = None, via: Via = "webhook"
+    ) -> Received: ...
 
 
 class WebhookEvents:
@@ -65,7 +118,7 @@ class WebhookEvents:
         sort: Literal["created_at", "-created_at"] = "-created_at",
     ) -> WebhookEventPage:
         """
-        List recorded events; records that do not parse as events are skipped.
+        List one page of recorded events; records that do not parse as events are skipped.
 
         *start_date* and *end_date* (a ``date`` or ``"YYYY-MM-DD"``) are inclusive.
 
@@ -74,7 +127,7 @@ class WebhookEvents:
                 nothing was sent.
             APIError: The request failed, or its answer is not a webhook-events listing.
         """
-        params = _listing_params(
+        params = listing_params(
             job_id=job_id,
             event_type=event_type,
             delivery_status=delivery_status,
@@ -84,6 +137,9 @@ class WebhookEvents:
             page_size=page_size,
             sort=sort,
         )
+        return await self._page(params)
+
+    async def _page(self, params: dict[str, Any]) -> WebhookEventPage:
         response = await self._requester.get("/webhook-events", params)
         # A proxy's page, say, is an APIError, so that a backstop poll fails alone.
         problem = "Cobalt's answer is not a webhook-events listing"
@@ -94,7 +150,77 @@ class WebhookEvents:
                 events.append(event_from_record(record))
             except ValidationError:
                 logger.warning("skipped a webhook-events record that is not an event")
-        return WebhookEventPage(events, listing.pagination)
+        return WebhookEventPage(events, listing.pagination, listing.webhook_events)
+
+    def pages(self, **filters: Unpack[ListingFilters]) -> AsyncIterator[WebhookEventPage]:
+        """
+        Every page of the listing, from the first to the last, each fetched as it is read.
+
+        Takes the filters of :meth:`list` but *page*; *page_size* is 100 by default.
+
+        Raises:
+            RequestValidationError: A filter is unknown, out of range or of the wrong type;
+                raised by this call, before anything is sent.
+        """
+        return _Pages(self._page, _walk_params(filters))
+
+    def iter(self, **filters: Unpack[ListingFilters]) -> AsyncIterator[Event]:
+        """
+        Every recorded event the filters select, page after page, up to the last page.
+
+        ``async for event in client.webhook_events.iter(job_id=handle.job_id): ...``. Takes
+        the filters of :meth:`list` but *page*; events come typed as :meth:`list` returns
+        them. An event that new ones pushed from one page onto the next is yielded once.
+
+        Raises:
+            RequestValidationError: A filter is unknown, out of range or of the wrong type;
+                raised by this call, before anything is sent.
+        """
+        return _Events(self.pages(**filters))
+
+    async def replay(
+        self,
+        *,
+        since: datetime | date,
+        into: EventReceiver,
+        until: datetime | date | None = None,
+        event_type: str | None = None,
+        delivery_status: Literal["success", "failed"] | None = None,
+        job_id: str | int | None = None,
+    ) -> ReplaySummary:
+        """
+        Feed the events Cobalt recorded since *since* to *into*, oldest first, as deliveries.
+
+        For events missed while the receiver was down: each goes through
+        ``into.receive_event()`` (a ``WebhookReceiver``), the path a verified delivery takes,
+        so de-duplication, the sink and the on_event hook apply, waiting handles resolve, and
+        a replay repeated, or of events delivered live, resolves nothing twice. Every event in
+        the window is replayed by default, delivered or not: Cobalt's "success" only says some
+        endpoint answered 2xx. *since* and *until* are timezone-aware datetimes or dates.
+
+        Returns:
+            The counts by what the receiver did; ``newest`` is the next replay's *since*.
+
+        Raises:
+            RequestValidationError: A parameter is wrong; nothing was sent.
+            SinkUnavailableError: The sink could not store an event; the replay stopped
+                there, and running it again is safe.
+        """
+        start, end = window(since, until)
+        if not callable(getattr(into, "receive_event", None)):
+            msg = f"into= takes a WebhookReceiver, not {type(into).__name__}"
+            raise TypeError(msg)
+        # Cobalt's days may not be UTC days: a day of margin each side, the rest by time.
+        filters = {
+            "job_id": job_id,
+            "event_type": event_type,
+            "delivery_status": delivery_status,
+            "start_date": (start - _DAY).date(),
+            "end_date": None if end is None else (end + _DAY).date(),
+            "sort": "created_at",
+        }
+        walk = _Events(_Pages(self._page, _walk_params(filters)))
+        return await _replay(walk, into, start.timestamp(), end.timestamp() if end else math.inf)
 
     async def find_outcome(self, job_id: str) -> JobEvent | None:
         """The first terminal event Cobalt recorded for *job_id*, if any."""
@@ -104,6 +230,103 @@ class WebhookEvents:
             if is_terminal(event) and event.job_id == job_id:
                 return event  # type: ignore[return-value]
         return None
+
+
+_DAY = timedelta(days=1)
+_WALK_DEFAULTS: dict[str, object] = {
+    "job_id": None,
+    "event_type": None,
+    "delivery_status": None,
+    "start_date": None,
+    "end_date": None,
+    "page_size": MAX_PAGE_SIZE,
+    "sort": "-created_at",
+}
+
+
+def _walk_params(filters: Mapping[str, object]) -> dict[str, Any]:
+    unexpected = sorted(set(filters) - set(_WALK_DEFAULTS))
+    if unexpected:
+        allowed = ", ".join(_WALK_DEFAULTS)
+        problem = f"is not a filter of a walk over every page (allowed: {allowed})"
+        raise invalid(unexpected[0], problem)
+    given = {name: value for name, value in filters.items() if value is not None}
+    return listing_params(**{**_WALK_DEFAULTS, **given}, page=1)
+
+
+class _Pages:
+    """The pages of one listing, each fetched when it is read. Strictly private."""
+
+    def __init__(
+        self,
+        fetch: Callable[[dict[str, Any]], Awaitable[WebhookEventPage]],
+        params: dict[str, Any],
+    ) -> None:
+        self._fetch = fetch
+        self._params = params
+        self._number = 0
+        self._done = False
+
+    def __aiter__(self) -> _Pages:
+        return self
+
+    async def __anext__(self) -> WebhookEventPage:
+        if self._done:
+            raise StopAsyncIteration
+        self._number += 1
+        page = await self._fetch({**self._params, "page": self._number})
+        self._done = not page.records or self._number >= page.pagination.total_pages
+        return page
+
+
+class _Events:
+    """The events of a walk over pages. Strictly private."""
+
+    def __init__(self, pages: AsyncIterator[WebhookEventPage]) -> None:
+        self._pages = pages
+        self._ready: deque[Event] = deque()
+        self._last_page: set[str] = set()
+
+    def __aiter__(self) -> _Events:
+        return self
+
+    async def __anext__(self) -> Event:
+        while not self._ready:
+            page = await anext(self._pages)
+            # Events recorded during the walk push the newest-first order down a page: what
+            # the previous page showed may come again at the top of this one.
+            fresh = [event for event in page.events if event.id not in self._last_page]
+            self._ready.extend(fresh)
+            self._last_page = {event.id for event in page.events if event.id is not None}
+        return self._ready.popleft()
+
+
+async def _replay(
+    events: AsyncIterator[Event], into: EventReceiver, start: float, end: float
+) -> ReplaySummary:
+    counts: Counter[str] = Counter()
+    newest = -math.inf
+    async for event in events:
+        created = created_at(event)
+        if created is not None and not start <= created <= end:
+            continue
+        receipt = await into.receive_event(event, via="poll")
+        if receipt.result == "unavailable":
+            msg = (
+                f"replay stopped after {sum(counts.values())} events: the sink could not store "
+                "the next one. Nothing is lost: run the replay again, it resolves nothing twice"
+            )
+            raise SinkUnavailableError(msg)
+        counts[receipt.result] += 1
+        if created is not None:
+            newest = max(newest, created)
+    return ReplaySummary(
+        replayed=counts["accepted"],
+        duplicates=counts["duplicate"],
+        conflicts=counts["conflict"],
+        unreadable=counts["unreadable"],
+        newest=None if newest == -math.inf else datetime.fromtimestamp(newest, UTC),
+    )
 
 
 class Jobs:
@@ -249,67 +472,6 @@ class Jobs:
 
 _MAX_KNOWN = 1_000_000
 """Job ids accepted through this client that reconciliation skips (oldest forgotten first)."""
-
-MAX_PAGE_SIZE = 100
-"""Cobalt's largest page of ``GET /v1/webhook-events``."""
-
-
-def _listing_params(
-    *,
-    job_id: object,
-    event_type: object,
-    delivery_status: object,
-    start_date: object,
-    end_date: object,
-    page: object,
-    page_size: object,
-    sort: object,
-) -> dict[str, Any]:
-    """The query of a listing, checked as Cobalt would check it, before anything is sent."""
-    _require(type(page) is int and page >= 1, "page", "must be an integer >= 1")
-    ok = type(page_size) is int and 1 <= page_size <= MAX_PAGE_SIZE
-    _require(ok, "page_size", f"must be an integer from 1 to {MAX_PAGE_SIZE}")
-    _require(sort in ("created_at", "-created_at"), "sort", "must be created_at or -created_at")
-    choices = (None, "success", "failed")
-    _require(delivery_status in choices, "delivery_status", "must be success or failed")
-    _require(event_type is None or isinstance(event_type, str), "event_type", "must be a str")
-    valid_id = job_id is None or (type(job_id) in (str, int) and str(job_id))
-    _require(bool(valid_id), "job_id", "must be a non-empty str or an int")
-    params: dict[str, Any] = {"page": page, "page_size": page_size, "sort": sort}
-    optional = {
-        "job_id": None if job_id is None else str(job_id),
-        "event_type": event_type,
-        "delivery_status": delivery_status,
-        "start_date": _day("start_date", start_date),
-        "end_date": _day("end_date", end_date),
-    }
-    params.update((name, value) for name, value in optional.items() if value is not None)
-    return params
-
-
-def _day(name: str, value: object) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, date) and not isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, str) and _DAY.fullmatch(value):
-        try:
-            return date.fromisoformat(value).isoformat()
-        except ValueError:
-            pass  # 2026-02-30, say
-    raise _invalid(name, "must be a datetime.date or a 'YYYY-MM-DD' string")
-
-
-_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-
-
-def _require(condition: bool, field: str, problem: str) -> None:
-    if not condition:
-        raise _invalid(field, problem)
-
-
-def _invalid(field: str, problem: str) -> RequestValidationError:
-    return RequestValidationError(f"Invalid parameter {field}: {problem}", field=field)
 
 
 def _unknown_create(error: APIError) -> UnknownCreate:

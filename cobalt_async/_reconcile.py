@@ -11,7 +11,7 @@ yet", never "never created" (a job may still be running, and Cobalt bounds no jo
 from __future__ import annotations
 
 import math
-from collections.abc import Container, Sequence
+from collections.abc import AsyncIterator, Container, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Literal, Protocol
@@ -83,14 +83,9 @@ class Page(Protocol):
 class Listing(Protocol):
     """``client.webhook_events``: what reconciliation reads."""
 
-    async def list(
-        self,
-        *,
-        start_date: date,
-        page: int,
-        page_size: int,
-        sort: Literal["created_at", "-created_at"],
-    ) -> Page: ...
+    def pages(
+        self, *, start_date: date, page_size: int, sort: Literal["created_at", "-created_at"]
+    ) -> AsyncIterator[Page]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +109,10 @@ async def terminal_events(listing: Listing, start: float, end: float) -> Walk:
     found: list[JobEvent] = []
     newest = -math.inf
     day = datetime.fromtimestamp(start, UTC).date()
-    for number in range(1, MAX_PAGES + 1):
-        page = await listing.list(start_date=day, page=number, page_size=100, sort="-created_at")
+    pages = listing.pages(start_date=day, page_size=100, sort="-created_at")
+    number = 0
+    async for page in pages:
+        number += 1
         for event in page.events:
             created = created_at(event)
             if created is not None:
@@ -126,9 +123,9 @@ async def terminal_events(listing: Listing, start: float, end: float) -> Walk:
                     continue
             if is_terminal(event):
                 found.append(event)  # type: ignore[arg-type]
-        if not page.events or number >= page.pagination.total_pages:
-            return Walk(found, newest, complete=True)
-    return Walk(found, newest, complete=False)
+        if number >= MAX_PAGES and number < page.pagination.total_pages:
+            return Walk(found, newest, complete=False)
+    return Walk(found, newest, complete=True)
 
 
 def settle(

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from ._errors import ConfigurationError, SinkUnavailableError, WebhookVerificationError
 from ._logs import ids
+from ._outcome import Via
 from ._secrets_file import FILE_ENV, SecretsContent, SecretsFile, grace_seconds
 from ._signing import RAW, Headers, HeaderValue, Verifier, delivery_headers
 from ._telemetry import delivered, delivery_span, observing, sink_error, tracer
@@ -218,6 +219,21 @@ class WebhookReceiver:
             await self.dispatch(receipt)
         return receipt
 
+    async def receive_event(
+        self, event: Event, *, delivery_id: str | None = None, via: Via = "webhook"
+    ) -> Receipt:
+        """
+        Ingest an event already verified, as :meth:`receive` ingests a delivery once verified.
+
+        The same de-duplication, sink and *on_event* hook: what
+        ``client.webhook_events.replay()`` feeds Cobalt's record through, so that an event
+        received live and replayed later resolves nothing twice. *via* says how the outcome
+        was learnt (``"poll"`` for one read from Cobalt's record).
+        """
+        receipt = await self._store(event, delivery_id or event.id, True, via)
+        await self.dispatch(receipt)
+        return receipt
+
     async def ingest(
         self,
         body: bytes,
@@ -254,13 +270,20 @@ class WebhookReceiver:
             delivered(span, receipt.status_code, receipt.result, job_id)
             return receipt
 
-    async def _store(self, event: Event, delivery_id: str | None, keep_event: bool) -> Receipt:
+    async def _store(
+        self, event: Event, delivery_id: str | None, keep_event: bool, via: Via = "webhook"
+    ) -> Receipt:
+        # Only a replay names *via*: a sink whose publish() predates it still takes deliveries.
+        if via == "webhook":
+            publishing = self.sink.publish(event, delivery_id=delivery_id)
+        else:
+            publishing = self.sink.publish(event, delivery_id=delivery_id, via=via)
         try:
             if getattr(self.sink, "stores_in_process", False):
-                result = await self.sink.publish(event, delivery_id=delivery_id)
+                result = await publishing
             else:
                 with anyio.fail_after(self.publish_timeout):
-                    result = await self.sink.publish(event, delivery_id=delivery_id)
+                    result = await publishing
         except (SinkUnavailableError, TimeoutError) as exc:
             logger.error(
                 "webhook for job %s not stored, answering 503: %s",

@@ -9,12 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
+from cobalt_async import CobaltClient, Event, InMemorySink, WebhookReceiver
 from cobalt_async._cli import main
-from cobalt_async.testing import make_task_created_event, sign_webhook, signed_delivery
-from tests.support import START_TIMEOUT, free_port, server
+from cobalt_async._servers import serve
+from cobalt_async.asgi import WebhookApp
+from cobalt_async.testing import FakeCobalt, make_task_created_event, sign_webhook, signed_delivery
+from tests.support import START_TIMEOUT, Server, free_port, server, until
 
 SECRET = "whsec_cli_test"
 HTTP_TIMEOUT = 5.0
@@ -62,6 +66,26 @@ USAGE_ERRORS = {
     "missing required flag": ["listen", "--port", "8000"],
     "value not among the choices": ["simulate", "--port", "8001", "--job-id-type", "float"],
     "flag without its value": ["verify", "--secret", SECRET, "--signature"],
+    "listen with neither a port nor --forward-to": ["listen", "--secret", SECRET],
+    "listen with both": [
+        "listen",
+        "--port",
+        "8000",
+        "--forward-to",
+        "http://a.test/",
+        "--secret",
+        SECRET,
+    ],
+    "forward-to not a URL": ["listen", "--forward-to", "127.0.0.1:8000", "--secret", SECRET],
+    "poll interval of zero": [
+        "listen",
+        "--forward-to",
+        "http://a.test/",
+        "--secret",
+        SECRET,
+        "--interval",
+        "0",
+    ],
 }
 
 
@@ -367,3 +391,146 @@ def test_ctrl_c_also_stops_a_server_a_shell_started_in_the_background(command: s
 
     assert status in (0, 130)
     assert_port_closed(port)
+
+
+# -- listen --forward-to ---------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("clean_environment")
+def test_forward_without_credentials_names_each_flag_and_variable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Nothing is polled: one line says what to pass or set, and the exit status is 2."""
+    argv = ["listen", "--forward-to", "http://127.0.0.1:1/hooks", "--secret", SECRET]
+    status, out, err = run_cli(capsys, [*argv, "--client-id", "ci_mine"])
+
+    assert (2, "") == (status, out)
+    assert err == (
+        "cobalt-async listen: missing Cobalt credentials: pass --client-secret "
+        "(or COBALT_CLIENT_SECRET), --access-token (or COBALT_ACCESS_TOKEN)\n"
+    )
+
+
+@pytest.mark.usefixtures("clean_environment")
+def test_forward_to_a_base_url_that_is_not_one_is_one_line_and_status_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = [*FORWARD[3:], "--forward-to", "http://127.0.0.1:1/hooks", "--base-url", "cobalt"]
+    credentials = ["--client-id", "c", "--client-secret", "s", "--access-token", "t"]
+    status, out, err = run_cli(capsys, [*argv, *credentials])
+
+    assert (2, "") == (status, out)
+    assert err.startswith("cobalt-async listen: base_url must be an http(s) URL")
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # uvicorn serves both sides
+async def test_forward_to_delivers_each_new_event_once_to_a_real_app() -> None:
+    """
+    ``listen --forward-to`` as a process polls FakeCobalt over HTTP, and POSTs each event
+    recorded after it started to a receiver app served by uvicorn: signed with the secret,
+    verified there, one line each, none twice however many polls see it.
+    """
+    hooked: list[Event] = []
+    receiver = WebhookReceiver(InMemorySink(), secrets=[SECRET], on_event=hooked.append)
+    fake = FakeCobalt(latency=0.0)  # no webhook registered: only the listing has the events
+    with anyio.fail_after(60):
+        async with (
+            fake,
+            serve(fake) as cobalt_url,
+            serve(WebhookApp(receiver)) as app_url,
+            CobaltClient(
+                base_url=cobalt_url + "/v1",
+                client_id=fake.client_id,
+                client_secret=fake.client_secret,
+                access_token=fake.access_token,
+            ) as client,
+        ):
+            before = await create_tasks(client, fake, 2)
+            forward = forwarder(cobalt_url, app_url + "/webhooks/cobalt", fake)
+            try:
+                await anyio.to_thread.run_sync(forward.expect, "forwarding Cobalt events")
+                created = await create_tasks(client, fake, 3)
+                lines = [await anyio.to_thread.run_sync(forward.next_line) for _ in created]
+                polls = fake.stats.requests
+                await until(lambda: fake.stats.requests >= polls + 3, timeout=30)
+                status = await anyio.to_thread.run_sync(forward.interrupt)
+            finally:
+                await anyio.to_thread.run_sync(forward.kill)
+
+    assert created == [str(event.job_id) for event in hooked]
+    assert [
+        f"{line}".startswith(f"task.created job_id={job_id} id=evt_")
+        and f"{line}".endswith(" -> 200")
+        for line, job_id in zip(lines, created, strict=True)
+    ] == [True] * 3
+    assert not set(before) & {str(event.job_id) for event in hooked}
+    assert forward.lines.get_nowait() is None  # nothing more was printed: the output ended
+    assert status in (0, 130)
+
+
+@pytest.mark.e2e
+def test_forward_with_credentials_cobalt_refuses_exits_1_without_the_secret(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Against ``simulate``: a wrong client secret is a 401, which polling again cannot mend."""
+    port = free_port()
+    with server("simulate", "--port", str(port), ready="simulating Cobalt"):
+        status, out, err = run_cli(
+            capsys,
+            [
+                *FORWARD[3:],
+                "--forward-to",
+                "http://127.0.0.1:1/hooks",
+                "--base-url",
+                f"http://127.0.0.1:{port}/v1",
+                "--client-id",
+                "ci_test",
+                "--client-secret",
+                "cs_wrong",
+                "--access-token",
+                "at_test",
+            ],
+        )
+
+    assert (1, "") == (status, out)
+    assert err.startswith("cobalt-async listen: cannot poll Cobalt's webhook-events: ")
+    assert "401" in err
+    assert len(err.splitlines()) == 1
+    assert "cs_wrong" not in err
+
+
+FORWARD = [sys.executable, "-m", "cobalt_async", "listen", "--secret", SECRET]
+
+
+def forwarder(cobalt_url: str, app_url: str, fake: FakeCobalt) -> Server:
+    """``listen --forward-to`` as a process, polling every 0.1 s."""
+    return Server(
+        *FORWARD[3:],
+        "--forward-to",
+        app_url,
+        "--base-url",
+        cobalt_url + "/v1",
+        "--client-id",
+        fake.client_id,
+        "--client-secret",
+        fake.client_secret,
+        "--access-token",
+        fake.access_token,
+        "--interval",
+        "0.1",
+    )
+
+
+async def create_tasks(client: CobaltClient, fake: FakeCobalt, count: int) -> list[str]:
+    """Submit *count* tasks; once they finished, their job ids in the order they did."""
+    handles = [
+        await client.tasks.create(patient_mrn="MRN-1", description="Call back")
+        for _ in range(count)
+    ]
+    await fake.drain()
+    ids = {handle.job_id for handle in handles}
+    return [event["job_id"] for event in fake.events if event["job_id"] in ids]

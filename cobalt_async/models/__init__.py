@@ -20,6 +20,7 @@ from ._events import (
     is_failure,
     is_terminal,
     parse_event,
+    webhook_body,
 )
 from ._patients import Patient, PatientTask
 from ._requests import (
@@ -76,4 +77,5 @@ __all__ = [
     "is_failure",
     "is_terminal",
     "parse_event",
+    "webhook_body",
 ]

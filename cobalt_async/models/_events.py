@@ -334,17 +334,20 @@ def event_from_record(record: Mapping[str, Any]) -> Event:
     ``created_at``) and the older one (``id``, ``type``, ``created``). ``data`` may hold the
     whole webhook body or only its ``data`` member.
     """
+    return parse_event(webhook_body(record))
+
+
+def webhook_body(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The webhook body one item of ``GET /v1/webhook-events`` records, as Cobalt delivers it."""
     data = record.get("data")
     if isinstance(data, Mapping) and "type" in data and "data" in data:
-        body: dict[str, Any] = {"job_id": record.get("job_id"), **data}
-    else:
-        body = {
-            "id": record.get("event_id", record.get("id")),
-            "type": record.get("event_type", record.get("type")),
-            "job_id": record.get("job_id"),
-            "created": record.get("created_at", record.get("created")),
-            "object": "event",
-            "access_token_reference_id": record.get("access_token_reference_id"),
-            "data": data if data is not None else {},
-        }
-    return parse_event(body)
+        return {"job_id": record.get("job_id"), **data}
+    return {
+        "id": record.get("event_id", record.get("id")),
+        "type": record.get("event_type", record.get("type")),
+        "job_id": record.get("job_id"),
+        "created": record.get("created_at", record.get("created")),
+        "object": "event",
+        "access_token_reference_id": record.get("access_token_reference_id"),
+        "data": data if data is not None else {},
+    }

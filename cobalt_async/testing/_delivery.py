@@ -70,23 +70,29 @@ class Delivery:
 
     async def deliver(
         self, record: Record, *, drop: bool, duplicate: bool, fail_first: bool
-    ) -> None:
-        """Deliver *record* (twice when *duplicate*), or drop it, recording what happened."""
+    ) -> Answer | None:
+        """
+        Deliver *record* (twice when *duplicate*), or drop it, recording what happened.
+
+        Returns the last attempt's answer; ``None`` when nothing was sent.
+        """
         knobs = self._knobs
         if knobs.receiver is None and knobs.webhook_url is None:
             record.status = "failed"  # no webhook registered: the outcome is only pollable
-            return
+            return None
         if drop:
             record.status = "failed"
             knobs.stats.dropped += 1
             self._log(f"webhook {record.event['type']} job_id={job_id_of(record.event)} -> dropped")
-            return
+            return None
         if duplicate:
             knobs.stats.duplicated += 1
+        answer: Answer | None = None
         for copy in range(2 if duplicate else 1):
-            await self._deliver_once(record, fail_first=fail_first and copy == 0)
+            answer = await self._deliver_once(record, fail_first=fail_first and copy == 0)
+        return answer
 
-    async def _deliver_once(self, record: Record, *, fail_first: bool) -> None:
+    async def _deliver_once(self, record: Record, *, fail_first: bool) -> Answer:
         stats = self._knobs.stats
         answer = await self._attempt(record, 1, FIRST_TIMEOUT, fail=fail_first)
         if retryable(answer):
@@ -100,6 +106,7 @@ class Delivery:
             stats.deliveries_failed += 1
             if record.status != "success":  # an earlier duplicate may have landed
                 record.status = "failed"
+        return answer
 
     async def _attempt(self, record: Record, attempt: int, timeout: float, *, fail: bool) -> Answer:
         self._knobs.stats.deliveries_attempted += 1

@@ -8,7 +8,7 @@ line that stops erroring fails the check too.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any, Literal, assert_type
 
 import httpx
@@ -33,11 +33,13 @@ from cobalt_async import (
     PollPolicy,
     RateLimitError,
     Receipt,
+    ReplaySummary,
     RequestValidationError,
     SinkStats,
     TaskCreatedEvent,
     TaskNoteCreatedEvent,
     WaitResult,
+    WebhookEventPage,
     WebhookReceiver,
     as_completed,
     sign_webhook,
@@ -203,6 +205,27 @@ async def receiving(sink: InMemorySink) -> None:
     assert_type(verify_webhook(b"", {"cobalt-verification": "00"}, ["whsec"]), Event)
     assert_type(sign_webhook({"type": "task.created"}, "whsec"), str)
     assert_type(WebhookApp(receiver), WebhookApp)
+
+
+async def webhook_events(client: CobaltClient, receiver: WebhookReceiver) -> None:
+    page = await client.webhook_events.list(job_id=1, delivery_status="failed", page_size=100)
+    assert_type(page, WebhookEventPage)
+    assert_type(page.events, list[Event])
+    assert_type(page.records, list[dict[str, Any]])
+    async for event in client.webhook_events.iter(job_id="1", start_date=date(2026, 1, 1)):
+        assert_type(event, Event)
+    async for listed in client.webhook_events.pages(event_type="task.created", sort="created_at"):
+        assert_type(listed, WebhookEventPage)
+    client.webhook_events.iter(page=2)  # type: ignore[call-arg]
+    client.webhook_events.iter(delivery_status="pending")  # type: ignore[arg-type]
+    summary = await client.webhook_events.replay(since=datetime.now(UTC), into=receiver)
+    assert_type(summary, ReplaySummary)
+    assert_type(summary.replayed, int)
+    assert_type(summary.newest, datetime | None)
+    await client.webhook_events.replay(since=date(2026, 1, 1), until=summary.newest, into=receiver)
+    await client.webhook_events.replay(since=date(2026, 1, 1), into=receiver.sink)  # type: ignore[arg-type]
+    receipt = await receiver.receive_event(page.events[0], via="poll")
+    assert_type(receipt, Receipt)
 
 
 async def testing() -> None:
