@@ -471,3 +471,21 @@ class TestRealServers:
         assert [] == without.data.patients[0].tasks
         assert created.data.emr_task_id == task.emr_task_id == note.data.emr_task_id
         assert 4 == fake.stats.deliveries_succeeded
+
+
+async def test_a_fetch_whose_webhook_never_came_is_resolved_by_a_replay() -> None:
+    """Cobalt's record of a live fetch, replayed into the receiver, wakes the waiting handle."""
+    sink = InMemorySink()
+    with anyio.fail_after(LIMIT):
+        async with ehr(sink, drop_rate=1.0, live_fetch_shape="old") as (fake, client):
+            fake.add_task("MRN-1", emr_task_id="emr-replayed")
+            handle = await client.patients.fetch(search_by="mrn", mrn="MRN-1", include="tasks")
+            await fake.drain()
+            assert not handle.done()
+            receiver = WebhookReceiver(sink, secrets=[SECRET])
+            summary = await client.webhook_events.replay(since=date.today(), into=receiver)
+            found = await handle.wait(timeout=1)
+            again = await client.webhook_events.replay(since=date.today(), into=receiver)
+    assert (1, 0) == (summary.replayed, summary.duplicates)
+    assert (0, 1) == (again.replayed, again.duplicates)
+    assert ["emr-replayed"] == [task.emr_task_id for task in found.data.tasks]
