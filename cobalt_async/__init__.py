@@ -43,7 +43,7 @@ from .models import (
     Webhook,
     WebhookList,
 )
-from .sinks import InMemorySink, Sink, SinkStats
+from .sinks import InMemorySink, Sink, SinkStats, SQLiteSink
 
 __all__ = [
     "NOT_GIVEN",
@@ -76,6 +76,7 @@ __all__ = [
     "Receipt",
     "Reconciliation",
     "RequestValidationError",
+    "SQLiteSink",
     "ServerError",
     "Sink",
     "SinkStats",
