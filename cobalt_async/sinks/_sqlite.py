@@ -359,6 +359,12 @@ class _Database:
         self._outcomes = f"{prefix}outcomes"
         self._seen = f"{prefix}seen"
         self._pending = f"{prefix}pending"
+        self._names = (
+            self._outcomes,
+            self._seen,
+            self._pending,
+            *(f"{prefix}{table}_expiry" for table in ("outcomes", "seen", "pending")),
+        )
         self._schema = [
             f"CREATE TABLE IF NOT EXISTS {self._outcomes} (seq INTEGER PRIMARY KEY "
             "AUTOINCREMENT, job_id TEXT NOT NULL UNIQUE, outcome TEXT NOT NULL, "
@@ -463,9 +469,14 @@ class _Database:
                 "put it on a local filesystem"
             )
             raise SinkUnavailableError(msg)
-        with _transaction(connection):
-            for statement in self._schema:
-                connection.execute(statement)
+        names = ",".join("?" * len(self._names))
+        present = connection.execute(
+            f"SELECT count(*) FROM sqlite_master WHERE name IN ({names})", self._names
+        ).fetchone()[0]
+        if present < len(self._names):  # the write lock only when there is something to create
+            with _transaction(connection):
+                for statement in self._schema:
+                    connection.execute(statement)
         self._schema_ready = True
 
     def close(self) -> None:

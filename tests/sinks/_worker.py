@@ -230,7 +230,11 @@ class Worker:
         await reply({"ev": "bye", "stats": self.stats()})
 
 
-async def main() -> None:
+async def serve(args: argparse.Namespace) -> None:
+    await Worker(args).serve()
+
+
+def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sink", choices=["redis", "sqlite"], required=True)
     parser.add_argument("--url", help="Redis")
@@ -240,8 +244,10 @@ async def main() -> None:
     parser.add_argument("--silence", type=float, default=60.0)
     parser.add_argument("--recheck", type=float, default=30.0)
     parser.add_argument("--block-ms", type=int, default=5000)
-    await Worker(parser.parse_args()).serve()
+    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    args = parser.parse_args()
+    anyio.run(serve, args, backend=args.backend)
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    main()
