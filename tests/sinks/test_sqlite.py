@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -356,9 +357,12 @@ async def test_a_new_wait_wakes_an_idle_listener(
     publisher = new_sink()
     waiter = new_sink(recheck_interval=600)
     polls = counting(waiter, "since")
+    before_first_poll = waiter._wanted
     with anyio.fail_after(LIMIT):
         async with waiter:
-            await until(lambda: len(polls) == 1)  # its first poll, then an idle hour
+            # Its first poll found nothing awaited: the listener now sleeps for an hour.
+            await until(lambda: waiter._wanted is not before_first_poll)
+            assert 1 == len(polls)
             reads = StoreReads(waiter)
             results: list[Outcome] = []
 
@@ -391,6 +395,65 @@ async def test_a_failed_store_read_is_retried_by_a_reread(
     assert "evt_ok_f1" == outcome.event.id
     assert len(reads) >= 2
     assert (1, 1) == (sink.stats().outages, sink.stats().failed_commands)
+
+
+async def test_a_failed_wake_up_read_is_followed_by_a_reread(
+    database: Path, new_sink: Callable[..., SQLiteSink]
+) -> None:
+    """The listener saw the outcome but could not read it: the re-read of every pending
+    job that follows finds it."""
+    publisher = new_sink()
+    sink = new_sink(recheck_interval=600)
+
+    def fail_the_listeners_read(call: int) -> None:
+        if call == 2:  # the first is the wait's own store read
+            raise sqlite3.OperationalError("disk I/O error")
+
+    reads = counting(sink, "outcomes", before=fail_the_listeners_read)
+    results: list[Outcome] = []
+    with anyio.fail_after(LIMIT):
+        async with sink:
+
+            async def wait() -> None:
+                results.append(await sink.wait_for("g1", timeout=None))
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(wait)
+                await until(lambda: len(reads) == 1)
+                await publisher.publish(event("g1"))
+    assert "evt_ok_g1" == results[0].event.id
+    assert len(reads) >= 3
+
+
+async def test_a_backlog_longer_than_one_poll_is_read_at_once(
+    database: Path, new_sink: Callable[..., SQLiteSink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outcomes committed faster than a poll reads them: full polls are followed at once."""
+    monkeypatch.setattr(_sqlite, "_BATCH", 2)
+    publisher = new_sink()
+    sink = new_sink(poll_interval=3600)  # only a full poll can be followed by another
+    go = threading.Event()
+
+    def hold_the_first_poll(call: int) -> None:
+        if call == 1:
+            go.wait(LIMIT)
+
+    polls = counting(sink, "since", before=hold_the_first_poll)
+    results: list[Outcome] = []
+    with anyio.fail_after(LIMIT):
+        async with sink:
+
+            async def wait() -> None:
+                results.append(await sink.wait_for("q4", timeout=None))
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(wait)
+                await until(lambda: sink.stats().pending == 1)
+                for index in range(5):
+                    await publisher.publish(event(f"q{index}"))
+                go.set()  # the held poll reads q0 and q1, the next q2 and q3, the third q4
+    assert "evt_ok_q4" == results[0].event.id
+    assert 3 == len(polls)
 
 
 # -- a busy, locked or unusable database ---------------------------------------------------------
@@ -543,6 +606,58 @@ async def test_a_sink_closes_its_connections_and_opens_again(
         async with sink:
             assert "evt_ok_r1" == (await sink.wait_for("r1", timeout=5)).event.id
         assert [] == sink._db._idle
+
+
+async def test_a_failed_write_is_rolled_back_whole(
+    database: Path, holder: sqlite3.Connection, new_sink: Callable[..., SQLiteSink]
+) -> None:
+    """A write that fails inside its transaction leaves no row and no lock behind."""
+    holder.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON cobalt_outcomes BEGIN SELECT RAISE(FAIL, "
+        "'refused by a trigger'); END"
+    )
+    sink = new_sink()
+    with anyio.fail_after(LIMIT):
+        with pytest.raises(SinkUnavailableError, match="refused by a trigger"):
+            await sink.publish(event("x1"))
+        holder.execute("DROP TRIGGER refuse")
+        holder.execute("BEGIN IMMEDIATE")  # not locked by the failed write
+        holder.execute("ROLLBACK")
+        assert {} == await sink.get_outcomes(["x1"])
+        assert "accepted" == await sink.publish(event("x1"))
+
+
+async def test_a_connection_in_use_as_the_sink_closes_is_closed_after_its_call(
+    new_sink: Callable[..., SQLiteSink],
+) -> None:
+    sink = new_sink()
+    counting(sink, "see", before=lambda call: sink._db.close())
+    with anyio.fail_after(LIMIT):
+        assert await sink.first_seen("k1")
+        assert {} == await sink.get_outcomes([])
+        await sink.aclose()  # not open: closes its connections
+    assert [] == sink._db._idle
+
+
+async def test_a_file_that_cannot_run_in_wal_mode_is_refused_with_the_reason(
+    new_sink: Callable[..., SQLiteSink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filesystem without shared memory (NFS, say) refuses WAL, and SQLite says so."""
+
+    class NoWal(sqlite3.Connection):
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            return super().execute(sql.replace("= WAL", "= DELETE"), *args)
+
+    connect = sqlite3.connect
+    monkeypatch.setattr(
+        _sqlite.sqlite3, "connect", lambda *args, **kwargs: connect(*args, **kwargs, factory=NoWal)
+    )
+    sink = new_sink()
+    with anyio.fail_after(LIMIT):
+        with pytest.raises(
+            SinkUnavailableError, match=r"cannot run in WAL mode \(journal_mode is delete\)"
+        ):
+            await sink.publish(event("v1"))
 
 
 def test_the_repr_names_the_file_and_the_pending_count(
