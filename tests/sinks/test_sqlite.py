@@ -11,16 +11,22 @@ synchronisation is by events, counters and replies, never by sleeping.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import signal
 import sqlite3
+import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
+from anyio.abc import Process
 
 from cobalt_async import (
     ConfigurationError,
@@ -33,6 +39,7 @@ from cobalt_async.models import TaskCreatedEvent, UnknownEvent
 from cobalt_async.sinks import Outcome, PendingJob, _sqlite
 from cobalt_async.testing._contract import StoreReads
 from tests.sinks._fleet import (
+    ROOT,
     SECRET,
     check_fan_out,
     client_for,
@@ -44,7 +51,7 @@ from tests.sinks._fleet import (
     run_plans,
     worker_pool,
 )
-from tests.support import until
+from tests.support import free_port, until
 
 pytestmark = pytest.mark.anyio
 
@@ -745,3 +752,74 @@ async def test_workers_sigkilled_mid_write_lose_nothing(
     with raw(database) as connection:
         assert "ok" == connection.execute("PRAGMA integrity_check").fetchone()[0]
     print(f"\nsqlite kill: {figures}, flood stored {len(stored)}, 503s {figures['503s']}")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_uvicorn_workers_share_one_file(
+    database: Path, tmp_path: Path, new_sink: Callable[..., SQLiteSink]
+) -> None:
+    """
+    ``uvicorn --workers 3`` receives 300 jobs' webhooks over real HTTP, each sent twice at
+    once on connections of their own, so that the two copies often land on different
+    workers: every answer is 200, each job accepted exactly once, and every wait in this
+    process (a fourth one on the file) is woken by whichever worker stored its outcome.
+    """
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COBALT_TEST_SQLITE_PATH": str(database)}
+    uvicorn = [sys.executable, "-m", "uvicorn", "tests.sinks._sqlite_app:app", "--workers", "3",
+               "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    job_ids = [f"uv-{index}" for index in range(300)]
+    answers: list[tuple[str, int, str, str]] = []
+    results: list[Outcome] = []
+
+    async def post(client: httpx.AsyncClient, job_id: str) -> None:
+        body, headers = delivery(event_payload(job_id))
+        # A connection of its own (no pooling), for the kernel to hand to any worker.
+        response = await client.post("/", content=body, headers={**headers, "connection": "close"})
+        worker = response.headers["x-worker-pid"]
+        answers.append((job_id, response.status_code, response.json()["status"], worker))
+
+    async def wait(sink: SQLiteSink, job_id: str) -> None:
+        results.append(await sink.wait_for(job_id, timeout=30))
+
+    log = tmp_path / "uvicorn.log"
+    with log.open("wb") as output, anyio.fail_after(90):
+        server = await anyio.open_process(
+            uvicorn, stdout=output, stderr=output, env=env, cwd=str(ROOT), start_new_session=True
+        )
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                await serving(client, server, log)
+                async with new_sink() as sink, anyio.create_task_group() as group:
+                    for job_id in job_ids:
+                        group.start_soon(wait, sink, job_id)
+                    await until(lambda: sink.stats().pending == len(job_ids), timeout=LIMIT)
+                    for job_id in job_ids * 2:
+                        group.start_soon(post, client, job_id)
+        finally:
+            if server.returncode is None:
+                os.killpg(server.pid, signal.SIGTERM)
+            with anyio.move_on_after(10):
+                await server.wait()
+            await server.aclose()
+    assert {200} == {status for _, status, _, _ in answers}, log.read_text()[-3000:]
+    accepted = sorted(job_id for job_id, _, result, _ in answers if result == "accepted")
+    assert sorted(job_ids) == accepted
+    assert sorted(job_ids) == sorted(str(outcome.event.job_id) for outcome in results)
+    workers = Counter(pid for *_, pid in answers)
+    assert len(workers) >= 2, workers
+    print(f"\nuvicorn --workers 3, one SQLite file: answers per worker {sorted(workers.values())}")
+
+
+async def serving(client: httpx.AsyncClient, server: Process, log: Path) -> None:
+    """Return once the server answers (a GET: 405); fail if it exits first."""
+    while True:
+        if server.returncode is not None:
+            tail = (await anyio.Path(log).read_text())[-3000:]
+            pytest.fail(f"uvicorn exited with {server.returncode}: {tail}")
+        try:
+            await client.get("/")
+            return
+        except httpx.TransportError:
+            await anyio.sleep(0.1)  # a process has no readiness event to wait on
