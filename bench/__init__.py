@@ -24,6 +24,8 @@ Metrics (short names for ``--only``):
   vs ``anyio.Event``; p99 target <= 1 ms.
 - ``wakeup_redis``: the same across processes through ``RedisSink`` (a private redis-server),
   vs raw redis-py ``XADD`` -> ``XREAD BLOCK``; p99 target <= 5 ms.
+- ``wakeup_sqlite``: the same through ``SQLiteSink`` (one file, two processes), vs a bare
+  ``INSERT`` -> a poll of the table at the sink's ``poll_interval``; p99 target <= 50 ms.
 - ``scaling``: CPU per resolved event with 100,000 pending handles / with 1,000; <= 1.3.
 - ``requests``: HTTP requests per resolved job for a 30 s job with webhooks (counted at the
   fake, time scaled) vs Cobalt's 1-second polling helper; target exactly 1.0.

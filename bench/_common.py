@@ -189,6 +189,7 @@ class Sizes:
     memory_handles: int
     wake_samples: int
     redis_samples: int
+    sqlite_samples: int
     scaling_small: int
     scaling_large: int
     scaling_events: int
@@ -215,6 +216,7 @@ _SIZES: dict[str, dict[str, Any]] = {
         "memory_handles": 100_000,
         "wake_samples": 10_000,
         "redis_samples": 2_000,
+        "sqlite_samples": 1_000,
         "scaling_small": 1_000,
         "scaling_large": 100_000,
         "scaling_events": 500,
@@ -232,6 +234,7 @@ _SIZES: dict[str, dict[str, Any]] = {
         "memory_handles": 10_000,
         "wake_samples": 1_000,
         "redis_samples": 200,
+        "sqlite_samples": 200,
         "scaling_small": 1_000,
         "scaling_large": 20_000,
         "scaling_events": 500,
@@ -249,6 +252,7 @@ _SIZES: dict[str, dict[str, Any]] = {
         "memory_handles": 200,
         "wake_samples": 50,
         "redis_samples": 5,
+        "sqlite_samples": 5,
         "scaling_small": 50,
         "scaling_large": 200,
         "scaling_events": 20,

@@ -1,39 +1,76 @@
 """
-The other process of the cross-process wake-up benchmark: it plays the webhook receiver.
+The other process of the cross-process wake-up benchmarks: it plays the webhook receiver.
 
 Reads commands from stdin, one per line, and answers each with two ``time.monotonic_ns()``
 readings, right before the write was issued and right after it returned (CLOCK_MONOTONIC is
 system-wide, so the benchmark process can subtract them from its own readings):
 
-- ``sdk <job_id>``: ``WebhookReceiver.receive()`` of a signed ``task.created`` into a RedisSink;
-- ``raw <job_id>``: a bare ``XADD`` with redis-py;
+- ``sdk <job_id>``: ``WebhookReceiver.receive()`` of a signed ``task.created`` into the sink;
+- ``raw <job_id>``: the bare write the sink's wake-up rides on: a redis-py ``XADD``, or an
+  ``INSERT`` into a table of the same SQLite file with the stdlib ``sqlite3``;
 - ``quit``.
 
-Run as ``python -m bench._publisher REDIS_URL NAMESPACE RAW_STREAM``.
+Run as ``python -m bench._publisher redis REDIS_URL NAMESPACE RAW_STREAM`` or
+``python -m bench._publisher sqlite PATH RAW_TABLE``.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 
 import anyio
-import redis.asyncio as redis
 
-from cobalt_async import WebhookReceiver
-from cobalt_async.sinks import RedisSink
+from cobalt_async import SQLiteSink, WebhookReceiver
+from cobalt_async.sinks import Sink
 from cobalt_async.testing import make_task_created_event, signed_delivery
 
 from ._common import WEBHOOK_SECRET
 
+RawWrite = Callable[[str], Awaitable[object]]
 
-async def serve(url: str, namespace: str, raw_stream: str) -> None:
-    sink = RedisSink(url, namespace=namespace)
-    receiver = WebhookReceiver(sink, secrets=[WEBHOOK_SECRET])
+
+async def redis_store(
+    stack: AsyncExitStack, url: str, namespace: str, stream: str
+) -> tuple[Sink, RawWrite]:
+    import redis.asyncio as redis
+
+    from cobalt_async.sinks import RedisSink
+
     raw = redis.Redis.from_url(url)
-    stdin = anyio.wrap_file(sys.stdin)
-    try:
-        await raw.ping()
+    stack.push_async_callback(raw.aclose)
+    await raw.ping()
+
+    async def write(job_id: str) -> object:
+        return await raw.xadd(stream, {"job": job_id})
+
+    return RedisSink(url, namespace=namespace), write
+
+
+async def sqlite_store(stack: AsyncExitStack, path: str, table: str) -> tuple[Sink, RawWrite]:
+    raw = sqlite3.connect(path, isolation_level=None)
+    stack.callback(raw.close)
+    raw.execute(f"CREATE TABLE IF NOT EXISTS {table} (seq INTEGER PRIMARY KEY, job TEXT)")
+
+    async def write(job_id: str) -> object:
+        # On the event loop, as a bare script would: the commit is the whole cost.
+        return raw.execute(f"INSERT INTO {table} (job) VALUES (?)", (job_id,))
+
+    return SQLiteSink(path), write
+
+
+async def serve(store: str, *args: str) -> None:
+    async with AsyncExitStack() as stack:
+        if store == "redis":
+            sink, raw_write = await redis_store(stack, *args)
+        else:
+            sink, raw_write = await sqlite_store(stack, *args)
+        stack.push_async_callback(sink.aclose)
+        receiver = WebhookReceiver(sink, secrets=[WEBHOOK_SECRET])
+        stdin = anyio.wrap_file(sys.stdin)
         print("ready", flush=True)
         while True:
             command, _, job_id = (await stdin.readline()).strip().partition(" ")
@@ -47,19 +84,15 @@ async def serve(url: str, namespace: str, raw_stream: str) -> None:
                     raise RuntimeError(f"receive() answered {receipt}")
             elif command == "raw":
                 issued = time.monotonic_ns()
-                await raw.xadd(raw_stream, {"job": job_id})
+                await raw_write(job_id)
                 returned = time.monotonic_ns()
             else:
                 return
             print(issued, returned, flush=True)
-    finally:
-        await raw.aclose()
-        await sink.aclose()
 
 
 def main() -> None:
-    url, namespace, raw_stream = sys.argv[1:4]
-    anyio.run(serve, url, namespace, raw_stream, backend="asyncio")
+    anyio.run(serve, *sys.argv[1:], backend="asyncio")
 
 
 if __name__ == "__main__":

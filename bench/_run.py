@@ -20,6 +20,7 @@ METRICS: dict[str, Measure] = {
     "memory": _memory.measure,
     "wakeup": _wakeup.measure_inprocess,
     "wakeup_redis": _wakeup.measure_redis,
+    "wakeup_sqlite": _wakeup.measure_sqlite,
     "scaling": _scaling.measure,
     "requests": _requests.measure,
 }

@@ -1,25 +1,30 @@
 """
 Metric 4: wake-up latency, from ``receive()`` returning to the awaiting coroutine running.
 
-In-process (InMemorySink) against an ``anyio.Event`` set -> wake; across processes
-(RedisSink, a publisher subprocess) against a raw redis-py ``XADD`` -> ``XREAD`` wake.
+In-process (InMemorySink) against an ``anyio.Event`` set -> wake; across processes, with a
+publisher subprocess: RedisSink against a raw redis-py ``XADD`` -> ``XREAD`` wake, and
+SQLiteSink against a bare ``INSERT`` into the same file -> a poll at the sink's interval.
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import closing
+from typing import Any, TypeAlias
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from cobalt_async import CobaltClient, InMemorySink, WebhookReceiver
+from cobalt_async import CobaltClient, InMemorySink, SQLiteSink, WebhookReceiver
 from cobalt_async.sinks import Sink
 
 from ._common import (
@@ -46,7 +51,17 @@ REDIS_TITLE = (
     "vs raw XADD issued -> XREAD BLOCK woke"
 )
 REDIS_TARGET = Target("value", "<=", 5.0)
+SQLITE_NAME = "wakeup_sqlite"
+SQLITE_TITLE = (
+    "receive() returned in process A -> `await handle` resumes in process B via SQLiteSink, "
+    "vs a bare INSERT issued -> a poll every poll_interval saw it"
+)
+SQLITE_TARGET = Target("value", "<=", 50.0)
 UNIT = "ms p99"
+
+RawListener: TypeAlias = Callable[[dict[str, int]], Awaitable[None]]
+"""Records, by job id, when this process noticed each bare write of the publisher."""
+
 
 def client_for(sink: Sink) -> CobaltClient:
     return offline_client(sink, poll=NO_POLL, job_timeout=None)
@@ -210,12 +225,13 @@ async def _ping_rtt(url: str, count: int) -> list[float]:
         await client.aclose()
 
 
-async def redis_samples(url: str, samples: int) -> dict[str, list[float]]:
-    from cobalt_async.sinks import RedisSink
-
-    namespace = f"bench-{uuid.uuid4().hex[:8]}"
-    raw_stream = f"bench-raw-{namespace}"
-    sink = RedisSink(url, namespace=namespace)
+async def cross_process_samples(
+    sink: Sink, publisher_args: Sequence[str], raw_listener: RawListener, samples: int
+) -> dict[str, list[float]]:
+    """
+    Wake-ups in this process of writes made by a publisher process: through *sink* to a
+    handle, through it to a bare ``wait_for``, and the bare write *raw_listener* notices.
+    """
     client = client_for(sink)
     results: dict[str, list[float]] = {"handle": [], "handle+receive": [], "sink": [], "raw": []}
     woken: dict[str, int] = {}
@@ -227,7 +243,7 @@ async def redis_samples(url: str, samples: int) -> dict[str, list[float]]:
             await sink.wait_for(job_id, timeout=None)
         woken[job_id] = time.monotonic_ns()
 
-    command = [sys.executable, "-m", "bench._publisher", url, namespace, raw_stream]
+    command = [sys.executable, "-m", "bench._publisher", *publisher_args]
     async with (
         await anyio.open_process(command, stderr=subprocess.DEVNULL) as process,
         client,
@@ -236,7 +252,7 @@ async def redis_samples(url: str, samples: int) -> dict[str, list[float]]:
         publisher = _Publisher(process)
         if await publisher.readline() != b"ready":
             raise RuntimeError("the publisher process did not start")
-        task_group.start_soon(_raw_listener, url, raw_stream, woken)
+        task_group.start_soon(raw_listener, woken)
         warm_up = min(20, samples)
         for index in range(samples + warm_up):  # the first ones warm up
             for mode in ("handle", "sink", "raw"):
@@ -255,7 +271,8 @@ async def redis_samples(url: str, samples: int) -> dict[str, list[float]]:
                 if index < warm_up:
                     continue
                 if mode == "raw":
-                    # From the XADD being issued: its reply and the XREAD's leave Redis together.
+                    # From the bare write being issued: with Redis, its reply and the XREAD's
+                    # leave the server together.
                     results["raw"].append((woke - issued) / 1e9)
                 else:
                     results[mode].append((woke - returned) / 1e9)
@@ -264,6 +281,21 @@ async def redis_samples(url: str, samples: int) -> dict[str, list[float]]:
         await process.stdin.send(b"quit\n")  # type: ignore[union-attr]
         task_group.cancel_scope.cancel()
     return results
+
+
+async def redis_samples(url: str, samples: int) -> dict[str, list[float]]:
+    from cobalt_async.sinks import RedisSink
+
+    namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    raw_stream = f"bench-raw-{namespace}"
+
+    async def raw_listener(woken: dict[str, int]) -> None:
+        await _raw_listener(url, raw_stream, woken)
+
+    sink = RedisSink(url, namespace=namespace)
+    return await cross_process_samples(
+        sink, ["redis", url, namespace, raw_stream], raw_listener, samples
+    )
 
 
 async def measure_redis(sizes: Sizes) -> Metric:
@@ -292,6 +324,72 @@ async def measure_redis(sizes: Sizes) -> Metric:
             **_summary("raw XADD issued->XREAD woke", raw),
             "redis PING round-trip p50 ms": percentile(ping, 50) * 1e3,
             "redis PING round-trip p99 ms": percentile(ping, 99) * 1e3,
+            "p50 ratio": median(handle) / median(raw),
+        },
+    )
+
+
+# Across processes, through one SQLite file.
+
+
+async def _raw_sqlite_listener(
+    path: str, table: str, interval: float, woken: dict[str, int]
+) -> None:
+    """The bare mechanism SQLiteSink's listener rides on: poll the table from a thread."""
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    cursor = 0
+
+    def poll() -> list[tuple[int, str]]:
+        query = f"SELECT seq, job FROM {table} WHERE seq > ? ORDER BY seq"
+        return connection.execute(query, (cursor,)).fetchall()
+
+    try:
+        while True:
+            rows = await anyio.to_thread.run_sync(poll)
+            now = time.monotonic_ns()
+            for cursor, job_id in rows:  # noqa: B007  (the last one is the next cursor)
+                woken[job_id] = now
+            await anyio.sleep(interval)
+    finally:
+        connection.close()
+
+
+async def sqlite_samples(path: str, samples: int) -> dict[str, list[float]]:
+    table = "bench_raw"
+    with closing(sqlite3.connect(path)) as connection:
+        # Both processes find the file in WAL mode and the bare table there.
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute(f"CREATE TABLE {table} (seq INTEGER PRIMARY KEY, job TEXT)")
+    sink = SQLiteSink(path)
+
+    async def raw_listener(woken: dict[str, int]) -> None:
+        await _raw_sqlite_listener(path, table, sink.poll_interval, woken)
+
+    return await cross_process_samples(sink, ["sqlite", path, table], raw_listener, samples)
+
+
+async def measure_sqlite(sizes: Sizes) -> Metric:
+    with tempfile.TemporaryDirectory(prefix="cobalt-bench-sqlite-") as directory:
+        results = await sqlite_samples(
+            os.path.join(directory, "bench.sqlite"), sizes.sqlite_samples
+        )
+    handle, direct, raw = results["handle"], results["sink"], results["raw"]
+    whole = results["handle+receive"]
+    return Metric(
+        SQLITE_NAME,
+        SQLITE_TITLE,
+        percentile(handle, 99) * 1e3,
+        percentile(raw, 99) * 1e3,
+        UNIT,
+        SQLITE_TARGET,
+        value_label="SDK p99",
+        baseline_label="bare INSERT issued->poll saw it p99",
+        details={
+            "samples each": len(handle),
+            **_summary("SDK (await handle)", handle),
+            **_summary("sink.wait_for alone", direct),
+            **_summary("SDK from receive() called", whole),
+            **_summary("bare INSERT issued->poll saw it", raw),
             "p50 ratio": median(handle) / median(raw),
         },
     )

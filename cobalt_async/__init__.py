@@ -47,7 +47,7 @@ from .models import (
     Webhook,
     WebhookList,
 )
-from .sinks import InMemorySink, Sink, SinkStats
+from .sinks import InMemorySink, Sink, SinkStats, SQLiteSink
 
 __all__ = [
     "NOT_GIVEN",
@@ -84,6 +84,7 @@ __all__ = [
     "Reconciliation",
     "ReplaySummary",
     "RequestValidationError",
+    "SQLiteSink",
     "ServerError",
     "Sink",
     "SinkStats",

@@ -25,6 +25,7 @@ NAMES = {
     "memory_per_handle",
     "wakeup_inprocess",
     "wakeup_redis",
+    "wakeup_sqlite",
     "scaling",
     "requests_per_job",
 }

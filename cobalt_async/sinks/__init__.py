@@ -1,8 +1,10 @@
 """
 Sinks store the outcomes of jobs and wake the waiters of this process.
 
-``InMemorySink`` serves one process. ``RedisSink`` (``pip install 'cobalt-async[redis]'``)
-shares outcomes between workers and pods and keeps a durable pending registry.
+``InMemorySink`` serves one process. ``SQLiteSink`` shares outcomes between the worker
+processes of one host through one SQLite file, with no server. ``RedisSink``
+(``pip install 'cobalt-async[redis]'``) shares them between workers and pods. Both keep a
+durable pending registry.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .._outcome import Outcome, PendingJob, PublishResult
 from ._base import Sink, SinkStats, StoreStats
 from ._memory import InMemorySink
+from ._sqlite import SQLiteSink
 
 if TYPE_CHECKING:
     from ._redis import RedisSink
@@ -22,6 +25,7 @@ __all__ = [
     "PendingJob",
     "PublishResult",
     "RedisSink",
+    "SQLiteSink",
     "Sink",
     "SinkStats",
     "StoreStats",

@@ -23,7 +23,6 @@ import asyncio
 import json
 import logging
 import math
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -39,8 +38,8 @@ from redis.exceptions import AskError, MovedError, RedisClusterException, RedisE
 
 from .._errors import ConfigurationError, SinkUnavailableError
 from .._outcome import Outcome, PendingJob
-from ..models import JobEvent, parse_event
 from ._base import Sink, StoreStats, same_event
+from ._shared import Outage, Rereads, backoff, decode_outcome, encode_outcome
 
 logger = logging.getLogger("cobalt_async.sinks.redis")
 
@@ -153,9 +152,9 @@ class RedisSink(Sink):
         self._admission = anyio.Semaphore(max_connections)
         self._commands: set[asyncio.Task[Any]] = set()
         self._armed = anyio.Event()
-        self._reread = anyio.Event()
+        self._reread = Rereads(recheck_interval, logger)
         self._reconnects = 0
-        self._outage = _Outage()
+        self._outage = Outage("Redis", logger)
         self._epoch_key = f"{self._prefix}:epoch"
         self._epoch: bytes | None = None
         self._data_losses = 0
@@ -179,10 +178,12 @@ class RedisSink(Sink):
         except SinkUnavailableError:
             # A wait whose store read failed may have missed an outcome stored before it
             # registered: have every pending job re-read once Redis answers again.
-            self._reread.set()
+            self._reread.ask()
             raise
         return {
-            job_id: _decode(value) for job_id, value in zip(job_ids, values, strict=True) if value
+            job_id: decode_outcome(value)
+            for job_id, value in zip(job_ids, values, strict=True)
+            if value
         }
 
     async def put_if_absent(self, job_id: str, outcome: Outcome) -> Outcome | None:
@@ -209,9 +210,9 @@ class RedisSink(Sink):
 
     async def _store(self, job_id: str, outcome: Outcome) -> Outcome | None:
         keys = [self._out_key(job_id), self._stream]
-        args = [_encode(outcome), self.outcome_ttl, self.stream_maxlen, job_id]
+        args = [encode_outcome(outcome), self.outcome_ttl, self.stream_maxlen, job_id]
         existing = await self._call(self._publish_script, keys=keys, args=args)
-        return None if existing is None else _decode(existing)
+        return None if existing is None else decode_outcome(existing)
 
     async def first_seen(self, key: str) -> bool:
         seen_key = f"{self._prefix}:seen:{key}"
@@ -299,13 +300,13 @@ class RedisSink(Sink):
 
     def start_background(self, task_group: TaskGroup) -> None:
         task_group.start_soon(self._listen)
-        task_group.start_soon(self._reread_when_asked)
+        task_group.start_soon(self._reread.serve, self.recheck)
 
     async def aclose(self) -> None:
         """Close Redis connections (the listener stops when the last user leaves)."""
         if self._task_group is None:
             self._armed = anyio.Event()
-            self._reread = anyio.Event()
+            self._reread.reset()
             # Commands whose callers gave up finish under their socket timeouts first.
             with anyio.move_on_after(3 * self.command_timeout):
                 await asyncio.gather(*self._commands, return_exceptions=True)
@@ -345,11 +346,11 @@ class RedisSink(Sink):
                     await listener.ping()
                 if await self._lost_data(listener):
                     cursor = b"0-0"  # the stream went with the rest: read the new one whole
-                    self._reread.set()
+                    self._reread.ask()
                 if failures:
                     # Reconnected: whatever the stream no longer holds is in the store.
                     self._reconnects += 1
-                    self._reread.set()
+                    self._reread.ask()
                     failures = 0
                 while True:
                     cursor = await self._read(listener, cursor)
@@ -369,7 +370,7 @@ class RedisSink(Sink):
                     logger.warning("Redis listener disconnected (%s), reconnecting", exc)
                 else:
                     logger.debug("Redis listener still disconnected (%s)", exc)
-                await anyio.sleep(_backoff(failures))
+                await anyio.sleep(backoff(failures))
             finally:
                 if listener is not None:
                     with anyio.CancelScope(shield=True):
@@ -418,55 +419,8 @@ class RedisSink(Sink):
             try:
                 await self.recheck(woken)
             except SinkUnavailableError:
-                pass  # get_outcomes asked _reread_when_asked to re-read every pending job
+                pass  # get_outcomes asked for a re-read of every pending job
         return cursor
-
-    async def _reread_when_asked(self) -> None:
-        # Re-read every pending job after a listener reconnect or a failed store read,
-        # retrying until Redis answers, and every recheck_interval in any case.
-        failures = 0
-        while True:
-            with anyio.move_on_after(self.recheck_interval):
-                await self._reread.wait()
-            self._reread = anyio.Event()
-            try:
-                await self.recheck()
-                failures = 0
-            except Exception as exc:
-                failures += 1
-                if not isinstance(exc, SinkUnavailableError):
-                    logger.exception("re-reading pending jobs failed")
-                self._reread.set()
-                await anyio.sleep(_backoff(failures))
-
-
-class _Outage:
-    """Counts the commands an outage failed, and logs it twice: as it starts and ends."""
-
-    def __init__(self) -> None:
-        self.outages = 0
-        self.failed_commands = 0
-        self._started: float | None = None
-        self._failed_in_this_one = 0
-
-    def failed(self, reason: str) -> None:
-        self.failed_commands += 1
-        self._failed_in_this_one += 1
-        if self._started is None:
-            self._started = time.monotonic()
-            self.outages += 1
-            logger.warning("%s; its commands fail until it answers again", reason)
-
-    def answered(self) -> None:
-        if self._started is not None:
-            seconds = time.monotonic() - self._started
-            logger.warning(
-                "Redis answers again after %.1f s; %d command(s) failed meanwhile",
-                seconds,
-                self._failed_in_this_one,
-            )
-            self._started = None
-            self._failed_in_this_one = 0
 
 
 def _connect(url: str, *, cluster: bool, max_connections: int, command_timeout: float) -> AnyRedis:
@@ -518,23 +472,6 @@ async def _close_quietly(client: redis.Redis) -> None:
         await client.aclose()
     except (RedisError, OSError) as exc:
         logger.debug("closing a Redis listener connection failed: %s", exc)
-
-
-def _backoff(failures: int) -> float:
-    return random.uniform(0, min(2.0, 0.05 * 2 ** min(failures, 6)))
-
-
-def _encode(outcome: Outcome) -> bytes:
-    event = outcome.event.model_dump_json().encode()
-    # A traceparent is [0-9a-f-] only: it needs no escaping.
-    trace = b'"trace":"%s",' % outcome.trace.encode() if outcome.trace else b""
-    return b'{"via":"%s",%s"event":%s}' % (outcome.via.encode(), trace, event)
-
-
-def _decode(value: bytes) -> Outcome:
-    stored = json.loads(value)
-    event: JobEvent = parse_event(stored["event"])  # type: ignore[assignment]
-    return Outcome(event, stored.get("via", "webhook"), stored.get("trace"))
 
 
 def _pending_job(job_id: str, raw: bytes) -> PendingJob:

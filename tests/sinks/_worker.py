@@ -1,8 +1,9 @@
 """
-A worker process for the multi-process RedisSink tests (run with ``sys.executable``).
+A worker process for the multi-process sink tests (run with ``sys.executable``).
 
 It plays one pod of an application: a ``CobaltClient`` whose sink is a ``RedisSink`` on the
-given namespace, and a ``WebhookReceiver`` on the same sink. Cobalt itself is an
+given namespace (``--sink redis``) or a ``SQLiteSink`` on the given file (``--sink sqlite``),
+and a ``WebhookReceiver`` on the same sink. Cobalt itself is an
 ``httpx.MockTransport``. The test drives it with JSON lines on stdin and reads JSON lines
 on stdout; every reply echoes the command's ``tag``.
 
@@ -18,6 +19,11 @@ Commands:
 - ``attach``: ``{"job_id", "timeout"}``: wait for a job by id and reply ``resolved``.
 - ``pending``: reply with ``client.jobs.pending()``.
 - ``stats``: reply with ``sink.stats()``.
+- ``flood``: ``{"prefix"}``: deliver ``task.created`` for ``<prefix>-0``, ``<prefix>-1``, ...
+  one after another, replying ``stored`` with each job id the receiver answered 200 for, until
+  the process is killed.
+- ``hold``: (SQLite) take the database's write lock with a transaction of its own, write into
+  it, reply ``holding``, and never commit: the process is to be killed mid-write.
 - ``exit``: leave (closing the client and its sink).
 """
 
@@ -27,8 +33,10 @@ import argparse
 import dataclasses
 import json
 import os
+import sqlite3
 import sys
 import time
+from itertools import count
 from typing import Any
 
 import anyio
@@ -39,9 +47,11 @@ from cobalt_async import (
     JobFailedError,
     JobTimeoutError,
     PollPolicy,
+    Sink,
+    SQLiteSink,
     WebhookReceiver,
 )
-from cobalt_async.sinks import RedisSink
+from cobalt_async.testing import make_task_created_event, signed_delivery
 
 _send_lock = anyio.Lock()
 
@@ -58,14 +68,21 @@ def _write(line: str) -> None:
     sys.stdout.flush()
 
 
+def make_sink(args: argparse.Namespace) -> Sink:
+    if args.sink == "sqlite":
+        return SQLiteSink(args.path, recheck_interval=args.recheck)
+    from cobalt_async.sinks import RedisSink  # needs redis-py: only for the Redis tests
+
+    return RedisSink(
+        args.url, namespace=args.namespace, recheck_interval=args.recheck, block_ms=args.block_ms
+    )
+
+
 class Worker:
     def __init__(self, args: argparse.Namespace) -> None:
-        self.sink = RedisSink(
-            args.url,
-            namespace=args.namespace,
-            recheck_interval=args.recheck,
-            block_ms=args.block_ms,
-        )
+        self.args = args
+        self.sink = make_sink(args)
+        self.secret = args.secret
         self.backstop_calls = 0
         self.submitted: list[str] = []
         self.client = CobaltClient(
@@ -167,6 +184,24 @@ class Worker:
         jobs = [dataclasses.asdict(job) for job in await self.client.jobs.pending()]
         await reply({"ev": "pending", "tag": command.get("tag"), "jobs": jobs})
 
+    async def flood(self, command: dict[str, Any]) -> None:
+        for number in count():
+            job_id = f"{command['prefix']}-{number}"
+            event = make_task_created_event(job_id=job_id)
+            receipt = await self.receiver.receive(*signed_delivery(event, self.secret))
+            if receipt.status_code == 200:
+                await reply({"ev": "stored", "tag": command.get("tag"), "job": job_id})
+
+    async def hold(self, command: dict[str, Any]) -> None:
+        connection = sqlite3.connect(self.args.path, isolation_level=None, check_same_thread=False)
+        await anyio.to_thread.run_sync(connection.execute, "BEGIN IMMEDIATE")
+        connection.execute(
+            "INSERT INTO cobalt_outcomes (job_id, outcome, stored_at, expires_at) "
+            "VALUES ('held', '{}', 0, 0)"
+        )
+        await reply({"ev": "holding", "tag": command.get("tag")})
+        await anyio.sleep_forever()
+
     async def serve(self) -> None:
         async with self.client, anyio.create_task_group() as group:
             await self.sink.armed()
@@ -187,22 +222,32 @@ class Worker:
                     "submit": self.submit,
                     "attach": self.attach,
                     "pending": self.pending,
+                    "flood": self.flood,
+                    "hold": self.hold,
                 }[name]
                 group.start_soon(handler, command)
             group.cancel_scope.cancel()
         await reply({"ev": "bye", "stats": self.stats()})
 
 
-async def main() -> None:
+async def serve(args: argparse.Namespace) -> None:
+    await Worker(args).serve()
+
+
+def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--namespace", required=True)
+    parser.add_argument("--sink", choices=["redis", "sqlite"], required=True)
+    parser.add_argument("--url", help="Redis")
+    parser.add_argument("--namespace", help="Redis")
+    parser.add_argument("--path", help="SQLite")
     parser.add_argument("--secret", required=True)
     parser.add_argument("--silence", type=float, default=60.0)
     parser.add_argument("--recheck", type=float, default=30.0)
     parser.add_argument("--block-ms", type=int, default=5000)
-    await Worker(parser.parse_args()).serve()
+    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    args = parser.parse_args()
+    anyio.run(serve, args, backend=args.backend)
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    main()

@@ -1,0 +1,109 @@
+"""
+What the sinks whose store lives outside the process share: the encoding of an outcome, the
+reporting of an outage, the re-read of every pending job, and the retry backoff.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from .._errors import SinkUnavailableError
+from .._outcome import Outcome
+from ..models import JobEvent, parse_event
+
+
+def encode_outcome(outcome: Outcome) -> bytes:
+    """An outcome as one JSON document: its event, how it was learnt, and its traceparent."""
+    event = outcome.event.model_dump_json().encode()
+    # A traceparent is [0-9a-f-] only: it needs no escaping.
+    trace = b'"trace":"%s",' % outcome.trace.encode() if outcome.trace else b""
+    return b'{"via":"%s",%s"event":%s}' % (outcome.via.encode(), trace, event)
+
+
+def decode_outcome(value: bytes | str) -> Outcome:
+    """The outcome :func:`encode_outcome` encoded."""
+    stored = json.loads(value)
+    event: JobEvent = parse_event(stored["event"])  # type: ignore[assignment]
+    return Outcome(event, stored.get("via", "webhook"), stored.get("trace"))
+
+
+def backoff(failures: int) -> float:
+    """Seconds before the next attempt after *failures* in a row: jittered, at most 2 s."""
+    return random.uniform(0, min(2.0, 0.05 * 2 ** min(failures, 6)))
+
+
+class Outage:
+    """Counts the commands an outage failed, and logs it twice: as it starts and ends."""
+
+    def __init__(self, store: str, logger: logging.Logger) -> None:
+        self.store = store
+        self.logger = logger
+        self.outages = 0
+        self.failed_commands = 0
+        self._started: float | None = None
+        self._failed_in_this_one = 0
+
+    def failed(self, reason: str) -> None:
+        self.failed_commands += 1
+        self._failed_in_this_one += 1
+        if self._started is None:
+            self._started = time.monotonic()
+            self.outages += 1
+            self.logger.warning("%s; its commands fail until it answers again", reason)
+
+    def answered(self) -> None:
+        if self._started is not None:
+            seconds = time.monotonic() - self._started
+            self.logger.warning(
+                "%s answers again after %.1f s; %d command(s) failed meanwhile",
+                self.store,
+                seconds,
+                self._failed_in_this_one,
+            )
+            self._started = None
+            self._failed_in_this_one = 0
+
+
+class Rereads:
+    """
+    Re-reads every pending job when asked, and every *interval* in any case. Strictly private.
+
+    Asked after a wake-up channel came back, and after a wait's own store read failed: that
+    wait cannot know whether its outcome was stored before it registered, and the channel
+    will not announce it again.
+    """
+
+    def __init__(self, interval: float, logger: logging.Logger) -> None:
+        self.interval = interval
+        self.logger = logger
+        self._asked = anyio.Event()
+
+    def ask(self) -> None:
+        self._asked.set()
+
+    def reset(self) -> None:
+        """Forget a request (the sink closed: its next opening re-reads anyway)."""
+        self._asked = anyio.Event()
+
+    async def serve(self, recheck: Callable[[], Awaitable[None]]) -> None:
+        """Run *recheck* when asked, retrying until the store answers, for as long as it runs."""
+        failures = 0
+        while True:
+            with anyio.move_on_after(self.interval):
+                await self._asked.wait()
+            self._asked = anyio.Event()
+            try:
+                await recheck()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                if not isinstance(exc, SinkUnavailableError):
+                    self.logger.exception("re-reading pending jobs failed")
+                self._asked.set()
+                await anyio.sleep(backoff(failures))
