@@ -11,6 +11,7 @@ from typing import NoReturn
 
 import anyio
 
+from ._errors import ConfigurationError
 from ._version import __version__
 
 _EXAMPLES = """\
@@ -173,6 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: 10, or 20x --latency when more)",
     )
     demo.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    demo.add_argument(
+        "--sink",
+        choices=("memory", "sqlite", "redis"),
+        default="memory",
+        help="where outcomes meet waiters: the receiver stores into one instance and the client "
+        "waits on another, as two workers would (memory: one shared instance)",
+    )
+    demo.add_argument(
+        "--sink-url",
+        help="the store of --sink (default: a temporary file for sqlite, "
+        "REDIS_URL for redis, DATABASE_URL for postgres)",
+    )
     _add_faults(demo)
 
     simulate = commands.add_parser(
@@ -272,7 +285,7 @@ def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return anyio.run(commands[args.command], args)
-    except ListenError as exc:
+    except (ListenError, ConfigurationError) as exc:
         print(f"cobalt-async {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
+import tempfile
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -16,13 +20,13 @@ from anyio.abc import TaskGroup
 from ._batch import BatchProgress
 from ._client import CobaltClient
 from ._config import PollPolicy
-from ._errors import APIError, CobaltError, JobFailedError, JobTimeoutError
+from ._errors import APIError, CobaltError, ConfigurationError, JobFailedError, JobTimeoutError
 from ._handles import JobHandle, JobStatus
 from ._servers import fake_from_args, serve
 from ._webhooks import WebhookReceiver
 from .asgi import WebhookApp
 from .models import PatientLiveFetchCompletedEvent, TaskCreatedEvent, TaskCreateParams
-from .sinks import InMemorySink
+from .sinks import InMemorySink, Sink, sink_from_url
 from .testing import FakeCobalt
 
 _SECRET = "whsec_demo"
@@ -275,14 +279,40 @@ class _Pipeline:
             self.progress.expect(-1)
 
 
+@asynccontextmanager
+async def _sinks(args: argparse.Namespace) -> AsyncIterator[tuple[Sink, Sink]]:
+    """The receiver's sink and the client's: one store, two instances, as two workers have."""
+    if args.sink == "memory":
+        sink = InMemorySink()
+        yield sink, sink
+        return
+    with tempfile.TemporaryDirectory(prefix="cobalt-demo-") as scratch:
+        url = args.sink_url or _default_sink_url(args.sink, scratch)
+        receiving, waiting = sink_from_url(url), sink_from_url(url)
+        async with receiving:
+            yield receiving, waiting
+
+
+def _default_sink_url(kind: str, scratch: str) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{scratch}/demo.db"
+    variable = {"redis": "REDIS_URL", "postgres": "DATABASE_URL"}[kind]
+    url = os.environ.get(variable)
+    if not url:
+        msg = f"demo --sink {kind} needs a server: pass --sink-url or set {variable}"
+        raise ConfigurationError(msg)
+    return url
+
+
 async def run_demo(args: argparse.Namespace) -> int:
     started = anyio.current_time()
     deadline = started + args.timeout
-    sink = InMemorySink()
-    receiver = WebhookReceiver(sink, secrets=[_SECRET])
     tally = _Tally()
     out = sys.stderr if args.json else sys.stdout
-    async with serve(WebhookApp(receiver)) as hook_url:
+    async with (
+        _sinks(args) as (sink, waiting_sink),
+        serve(WebhookApp(WebhookReceiver(sink, secrets=[_SECRET]))) as hook_url,
+    ):
         webhook_url = f"{hook_url}/webhooks/cobalt"
         fake = fake_from_args(args, webhook_url=webhook_url, webhook_secret=_SECRET)
         mrns = [f"MRN-{index:05d}" for index in range(args.tasks)]
@@ -291,7 +321,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         async with serve(fake) as cobalt_url:
             client = CobaltClient(
                 base_url=f"{cobalt_url}/v1",
-                sink=sink,
+                sink=waiting_sink,
                 poll=_poll_policy(args),
                 job_timeout=args.timeout,
                 client_id=fake.client_id,
@@ -313,7 +343,7 @@ async def run_demo(args: argparse.Namespace) -> int:
                         patience=20.0 + 3 * args.latency,
                     )
                     await _submit_and_wait(args, pipeline)
-    summary = _summary(tally, fake, sink, anyio.current_time() - started)
+        summary = _summary(tally, fake, sink, waiting_sink, anyio.current_time() - started)
     _print_summary(summary, args.json)
     return 0 if not tally.lost else 1
 
@@ -355,8 +385,9 @@ def _poll_policy(args: argparse.Namespace) -> PollPolicy:
     return PollPolicy(silence=silence, max_silence=2 * silence)
 
 
-def _summary(tally: _Tally, fake: FakeCobalt, sink: InMemorySink, wall: float) -> dict[str, Any]:
-    stats = sink.stats()
+def _summary(
+    tally: _Tally, fake: FakeCobalt, receiving: Sink, waiting: Sink, wall: float
+) -> dict[str, Any]:
     return {
         "submitted": tally.submitted,
         "tasks": tally.submitted - tally.fetches - tally.notes,
@@ -371,8 +402,8 @@ def _summary(tally: _Tally, fake: FakeCobalt, sink: InMemorySink, wall: float) -
         "rejected": tally.rejected,
         "resolved_via": dict(tally.via),
         "latency_ms": {f"p{q}": _percentile(tally.latencies, q) for q in (50, 95, 99)},
-        "duplicates": stats.duplicates,
-        "backstop_polls": stats.backstop_polls,
+        "duplicates": receiving.stats().duplicates,
+        "backstop_polls": waiting.stats().backstop_polls,
         "webhooks_dropped": fake.stats.dropped,
         "answers_lost": fake.stats.answers_lost,
         "reconciled": tally.reconciled,
@@ -386,6 +417,7 @@ def _summary(tally: _Tally, fake: FakeCobalt, sink: InMemorySink, wall: float) -
             - (tally.submitted - tally.fetches)
             - tally.unreconciled
         ),
+        "sink": type(waiting).__name__,
         "wall_s": round(wall, 2),
     }
 
@@ -410,6 +442,6 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
         f"resolved   {via or 'none'}",
         f"latency    p50 {latency['p50']} ms, p95 {latency['p95']} ms, p99 {latency['p99']} ms",
         f"duplicates {summary['duplicates']} repeated webhook deliveries, recognised and ignored",
-        f"wall time  {summary['wall_s']} s",
+        f"wall time  {summary['wall_s']} s, outcomes through {summary['sink']}",
     ]
     print("\n".join(lines), flush=True)

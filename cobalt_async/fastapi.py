@@ -39,7 +39,7 @@ from ._secrets_file import FILE_ENV
 from ._types import Receive, Scope, Send
 from ._webhooks import DEFAULT_MAX_BODY_BYTES, EventHook, WebhookReceiver
 from .asgi import WebhookApp
-from .sinks import InMemorySink, Sink
+from .sinks import InMemorySink, Sink, sink_from_url
 
 __all__ = [
     "ClientOptions",
@@ -58,7 +58,8 @@ SECRET_ENV = "COBALT_WEBHOOK_SECRET"
 _STATE_KEY = "cobalt_async"
 _OVERRIDES_KEY = "cobalt_async_overrides"
 _HOW_TO_SINK = (
-    "pass sink=InMemorySink() (one worker) or redis_url='redis://...' (several workers or pods)"
+    "pass sink=InMemorySink() (one worker), database_url='sqlite:///cobalt.db' (several workers "
+    "on one host) or redis_url='redis://...' (several hosts or pods)"
 )
 _NO_SECRET = f"no webhook secret: set {SECRET_ENV} or pass webhook_secrets=[...]"
 AppLifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
@@ -103,20 +104,27 @@ class CobaltLifespan:
         webhook_secrets: Sequence[str] | None,
         sink: Sink | None | NotGiven,
         redis_url: str | None,
+        database_url: str | None,
         on_event: EventHook | None,
         max_body_bytes: int,
         lifespan: AppLifespan | None,
         client_options: ClientOptions,
     ) -> None:
-        if redis_url and not isinstance(sink, NotGiven):
-            msg = "pass sink= or redis_url=, not both"
+        choices = {
+            "sink=": not isinstance(sink, NotGiven),
+            "redis_url=": bool(redis_url),
+            "database_url=": bool(database_url),
+        }
+        given = [name for name, chosen in choices.items() if chosen]
+        if len(given) > 1:
+            msg = f"pass one of sink=, redis_url= and database_url=, not {' and '.join(given)}"
             raise ConfigurationError(msg)
         if isinstance(webhook_secrets, str):
             msg = "webhook_secrets is a list: webhook_secrets=[secret]"
             raise ConfigurationError(msg)
         self.webhook_secrets = webhook_secrets
         self.sink = sink
-        self.redis_url = redis_url
+        self.sink_url = redis_url or database_url
         self.on_event = on_event
         self.max_body_bytes = max_body_bytes
         self.lifespan = lifespan
@@ -152,7 +160,7 @@ class CobaltLifespan:
         if overrides.webhook_secrets is not None:
             effective.webhook_secrets = overrides.webhook_secrets
         if not isinstance(overrides.sink, NotGiven):
-            effective.sink, effective.redis_url = overrides.sink, None
+            effective.sink, effective.sink_url = overrides.sink, None
         return effective
 
     def _start(self) -> tuple[WebhookReceiver | None, str | None, CobaltClient]:
@@ -189,10 +197,8 @@ class CobaltLifespan:
         return os.environ.get(FILE_ENV, "").strip()
 
     def _sink(self) -> Sink | None:
-        if self.redis_url:
-            from .sinks import RedisSink
-
-            return RedisSink(self.redis_url)
+        if self.sink_url:
+            return sink_from_url(self.sink_url)
         if not isinstance(self.sink, NotGiven):
             return self.sink
         # An in-process sink is fed only by this app's webhook route, which needs the secret.
@@ -236,6 +242,7 @@ def cobalt_lifespan(
     webhook_secrets: Sequence[str] | None = None,
     sink: Sink | None | NotGiven = NOT_GIVEN,
     redis_url: str | None = None,
+    database_url: str | None = None,
     on_event: EventHook | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     lifespan: AppLifespan | None = None,
@@ -251,9 +258,11 @@ def cobalt_lifespan(
             rolls a new secret without a restart: docs/webhooks.md).
         sink: Where outcomes meet waiters. ``InMemorySink()`` for one worker; ``None``
             receives no webhooks and resolves jobs by polling Cobalt. By default a
-            ``RedisSink`` if *redis_url* is given, else an ``InMemorySink`` when a webhook
-            secret is configured, else ``None``.
+            ``RedisSink`` if *redis_url* is given, the sink *database_url* names if that is,
+            else an ``InMemorySink`` when a webhook secret is configured, else ``None``.
         redis_url: Build a ``RedisSink(redis_url)``, shared by every worker and pod.
+        database_url: Build the sink this URL names (``sink_from_url``): a ``SQLiteSink``
+            for ``sqlite:///path``, shared by the workers of one host.
         on_event: Hook run for every new webhook event, after Cobalt was answered.
         max_body_bytes: Bigger webhook bodies are refused with 413.
         lifespan: Your own lifespan, run inside this one (the client is open in it).
@@ -261,13 +270,15 @@ def cobalt_lifespan(
             base URL default to the ``COBALT_*`` environment variables.
 
     Raises:
-        ConfigurationError: *sink* and *redis_url* both given. Everything read from the
-            environment is checked when the app starts, and fails the startup.
+        ConfigurationError: More than one of *sink*, *redis_url* and *database_url* given.
+            Everything read from the environment is checked when the app starts, and fails
+            the startup.
     """
     return CobaltLifespan(
         webhook_secrets=webhook_secrets,
         sink=sink,
         redis_url=redis_url,
+        database_url=database_url,
         on_event=on_event,
         max_body_bytes=max_body_bytes,
         lifespan=lifespan,
@@ -310,7 +321,7 @@ def _warn_if_several_workers(sink: Sink) -> None:
     if isinstance(sink, InMemorySink) and workers.isdigit() and int(workers) > 1:
         logger.warning(
             "WEB_CONCURRENCY=%s but the sink is an InMemorySink: a webhook landing on another "
-            "worker never reaches this one's waiters; use redis_url= (a RedisSink)",
+            "worker never reaches this one's waiters; use redis_url= or database_url=",
             workers,
         )
 

@@ -7,8 +7,9 @@ Configuration comes from the environment, read when the app starts:
 
 - ``COBALT_BASE_URL``, ``COBALT_CLIENT_ID``, ``COBALT_CLIENT_SECRET``, ``COBALT_ACCESS_TOKEN``;
 - ``COBALT_WEBHOOK_SECRET``: Cobalt delivers webhooks to ``POST /webhooks/cobalt``;
-- ``REDIS_URL`` (optional): a ``RedisSink`` shared by every worker; without it an
-  ``InMemorySink``, which is right for one worker only.
+- ``REDIS_URL`` or ``DATABASE_URL`` (optional, one of them): the sink every worker shares,
+  a ``RedisSink`` for ``redis://...``, a ``SQLiteSink`` for ``sqlite:///path`` (the workers
+  of one host); without either an ``InMemorySink``, which is right for one worker only.
 
 ``POST /tasks`` answers:
 
@@ -44,8 +45,11 @@ from cobalt_async import (
 )
 from cobalt_async.fastapi import CobaltDep, cobalt_lifespan, webhook_router
 
-# Without REDIS_URL the sink is an InMemorySink (the secret in COBALT_WEBHOOK_SECRET feeds it).
-app = FastAPI(title="Cobalt tasks", lifespan=cobalt_lifespan(redis_url=os.environ.get("REDIS_URL")))
+# Without either URL the sink is an InMemorySink (the secret in COBALT_WEBHOOK_SECRET feeds it).
+lifespan = cobalt_lifespan(
+    redis_url=os.environ.get("REDIS_URL"), database_url=os.environ.get("DATABASE_URL")
+)
+app = FastAPI(title="Cobalt tasks", lifespan=lifespan)
 app.include_router(webhook_router("/webhooks/cobalt"))
 
 

@@ -380,7 +380,8 @@ async def startup_error(app: FastAPI) -> BaseException:
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"sink": InMemorySink(), "redis_url": "redis://x"}, "not both"),
+        ({"sink": InMemorySink(), "redis_url": "redis://x"}, "not sink= and redis_url="),
+        ({"redis_url": "redis://x", "database_url": "sqlite:///c.db"}, "one of sink="),
         ({"webhook_secrets": SECRET}, r"webhook_secrets=\[secret\]"),
     ],
 )

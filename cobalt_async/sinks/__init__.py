@@ -4,7 +4,7 @@ Sinks store the outcomes of jobs and wake the waiters of this process.
 ``InMemorySink`` serves one process. ``SQLiteSink`` shares outcomes between the worker
 processes of one host through one SQLite file, with no server. ``RedisSink``
 (``pip install 'cobalt-async[redis]'``) shares them between workers and pods. Both keep a
-durable pending registry.
+durable pending registry. ``sink_from_url(url)`` builds the one a deployment's URL names.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from .._outcome import Outcome, PendingJob, PublishResult
 from ._base import Sink, SinkStats, StoreStats
 from ._memory import InMemorySink
 from ._sqlite import SQLiteSink
+from ._urls import redis_sink_class, sink_from_url
 
 if TYPE_CHECKING:
     from ._redis import RedisSink
@@ -29,17 +30,13 @@ __all__ = [
     "Sink",
     "SinkStats",
     "StoreStats",
+    "sink_from_url",
 ]
 
 
 def __getattr__(name: str) -> Any:
     # RedisSink needs the optional redis package: import it only when asked for.
     if name == "RedisSink":
-        try:
-            from ._redis import RedisSink
-        except ImportError as exc:
-            msg = "RedisSink needs redis-py: pip install 'cobalt-async[redis]'"
-            raise ImportError(msg) from exc
-        return RedisSink
+        return redis_sink_class()
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)

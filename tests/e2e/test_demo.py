@@ -147,3 +147,37 @@ def test_demo_chaos_5000_tasks_loses_nothing() -> None:
     # A fetch for each task that succeeded (about 95% of them), a note for each task found.
     assert 0.9 * 5000 < summary["fetches"] <= 5000
     assert 0.9 * 1.5 * summary["fetches"] < summary["notes"] <= 1.5 * summary["fetches"]
+
+
+@pytest.mark.parametrize("sink", ["sqlite", "redis"])
+def test_demo_through_a_shared_sink_loses_nothing(
+    sink: str, request: pytest.FixtureRequest
+) -> None:
+    """``--sink``: the receiver stores into one instance and the client waits on another."""
+    flags = ["--sink", sink]
+    if sink == "redis":  # a server of this test alone: job ids restart with every demo
+        flags += ["--sink-url", request.getfixturevalue("fresh_redis_server").url]
+    status, summary = run_demo(
+        *("--tasks", "60", "--duplicate-rate", "0.2", "--early-rate", "0.2", "--seed", "3"), *flags
+    )
+
+    assert (status, summary["lost"]) == (0, 0)
+    assert summary["sink"] == {"sqlite": "SQLiteSink", "redis": "RedisSink"}[sink]
+    assert_accounted_for(summary)
+    assert summary["duplicates"] > 0
+    assert summary["resolved_via"] == {"webhook": summary["submitted"]}
+
+
+def test_demo_with_a_server_sink_and_no_url_says_what_to_set() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cobalt_async", "demo", "--sink", "redis"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "REDIS_URL"},
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "cobalt-async demo: demo --sink redis needs a server: pass --sink-url or set REDIS_URL\n"
+    )

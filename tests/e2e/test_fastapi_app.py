@@ -98,6 +98,7 @@ def stack_of(
     *,
     workers: int = 1,
     redis_url: str | None = None,
+    database_url: str | None = None,
     measured: bool = True,
 ) -> Iterator[str]:
     """
@@ -114,6 +115,7 @@ def stack_of(
         if not key.startswith("COBALT_") and (measured or "COVERAGE" not in key)
     }
     env.pop("REDIS_URL", None)
+    env.pop("DATABASE_URL", None)
     app_env = {
         **env,
         "COBALT_BASE_URL": f"http://127.0.0.1:{cobalt_port}/v1",
@@ -122,6 +124,7 @@ def stack_of(
         "COBALT_ACCESS_TOKEN": "at_test",
         "COBALT_WEBHOOK_SECRET": SECRET,
         **({"REDIS_URL": redis_url} if redis_url else {}),
+        **({"DATABASE_URL": database_url} if database_url else {}),
     }
     simulate = [
         *("-m", "cobalt_async", "simulate", "--port", str(cobalt_port)),
@@ -227,3 +230,17 @@ async def test_three_workers_share_outcomes_through_redis(
     # an InMemorySink per worker would need for two webhooks in three).
     log = (tmp_path / "simulate.log").read_text()
     assert "GET /v1/webhook-events -> 200" not in log
+
+
+async def test_three_workers_share_outcomes_through_a_database_url_sqlite_file(
+    tmp_path: Path,
+) -> None:
+    """The same with ``DATABASE_URL=sqlite:///...``: one file joins the three workers."""
+    flags = ["--duplicate-rate", "0.1", "--early-rate", "0.1"]
+    url = f"sqlite:///{tmp_path}/cobalt.db"
+    with stack_of(flags, tmp_path, workers=3, database_url=url, measured=False) as app_url:
+        responses = await fire(app_url, 300)
+    assert_all_resolved(responses, 300, tmp_path)
+    log = (tmp_path / "simulate.log").read_text()
+    assert "GET /v1/webhook-events -> 200" not in log
+    assert (tmp_path / "cobalt.db").stat().st_size > 0
