@@ -120,7 +120,7 @@ def test_demo_exits_1_and_names_the_jobs_it_lost() -> None:
 
 @pytest.mark.timeout(600)
 def test_demo_chaos_3000_tasks_loses_nothing() -> None:
-    """3,000 tasks (about 10,000 jobs) under every fault at once, HTTP errors included: none lost."""
+    """3,000 tasks (about 10,000 jobs) under every fault at once, HTTP errors too: none lost."""
     status, summary = run_demo(
         *("--tasks", "3000", "--duplicate-rate", "0.1", "--early-rate", "0.1"),
         *("--drop-rate", "0.05", "--failure-rate", "0.05", "--http-error-rate", "0.05"),
