@@ -20,10 +20,8 @@ its outcome was stored before it registered, and the stream will not announce it
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -39,8 +37,15 @@ from redis.exceptions import AskError, MovedError, RedisClusterException, RedisE
 
 from .._errors import ConfigurationError, SinkUnavailableError
 from .._outcome import Outcome, PendingJob
-from ..models import JobEvent, parse_event
 from ._base import Sink, StoreStats, same_event
+from ._remote import (
+    Outage,
+    decode_outcome,
+    decode_pending,
+    encode_outcome,
+    encode_pending,
+    reconnect_delay,
+)
 
 logger = logging.getLogger("cobalt_async.sinks.redis")
 
@@ -155,7 +160,7 @@ class RedisSink(Sink):
         self._armed = anyio.Event()
         self._reread = anyio.Event()
         self._reconnects = 0
-        self._outage = _Outage()
+        self._outage = Outage("Redis", logger)
         self._epoch_key = f"{self._prefix}:epoch"
         self._epoch: bytes | None = None
         self._data_losses = 0
@@ -182,7 +187,9 @@ class RedisSink(Sink):
             self._reread.set()
             raise
         return {
-            job_id: _decode(value) for job_id, value in zip(job_ids, values, strict=True) if value
+            job_id: decode_outcome(value)
+            for job_id, value in zip(job_ids, values, strict=True)
+            if value
         }
 
     async def put_if_absent(self, job_id: str, outcome: Outcome) -> Outcome | None:
@@ -209,9 +216,9 @@ class RedisSink(Sink):
 
     async def _store(self, job_id: str, outcome: Outcome) -> Outcome | None:
         keys = [self._out_key(job_id), self._stream]
-        args = [_encode(outcome), self.outcome_ttl, self.stream_maxlen, job_id]
+        args = [encode_outcome(outcome), self.outcome_ttl, self.stream_maxlen, job_id]
         existing = await self._call(self._publish_script, keys=keys, args=args)
-        return None if existing is None else _decode(existing)
+        return None if existing is None else decode_outcome(existing)
 
     async def first_seen(self, key: str) -> bool:
         seen_key = f"{self._prefix}:seen:{key}"
@@ -261,9 +268,7 @@ class RedisSink(Sink):
     # Pending registry.
 
     async def add_pending(self, job: PendingJob) -> None:
-        entry = json.dumps(
-            {"kind": job.kind, "submitted_at": job.submitted_at, "deadline": job.deadline}
-        )
+        entry = encode_pending(job)
         forget_at = job.submitted_at + self.outcome_ttl
         keys = [self._pending_key, self._expiry_key]
         await self._call(self._register_script, keys=keys, args=[job.job_id, entry, forget_at])
@@ -278,7 +283,7 @@ class RedisSink(Sink):
     async def list_pending(self) -> list[PendingJob]:
         await self._forget_expired()
         entries = await self._call(self._redis.hgetall, self._pending_key)
-        jobs = [_pending_job(job_id.decode(), raw) for job_id, raw in entries.items()]
+        jobs = [decode_pending(job_id.decode(), raw) for job_id, raw in entries.items()]
         return sorted(jobs, key=lambda job: job.submitted_at)
 
     async def _forget_expired(self) -> None:
@@ -369,7 +374,7 @@ class RedisSink(Sink):
                     logger.warning("Redis listener disconnected (%s), reconnecting", exc)
                 else:
                     logger.debug("Redis listener still disconnected (%s)", exc)
-                await anyio.sleep(_backoff(failures))
+                await anyio.sleep(reconnect_delay(failures))
             finally:
                 if listener is not None:
                     with anyio.CancelScope(shield=True):
@@ -437,36 +442,7 @@ class RedisSink(Sink):
                 if not isinstance(exc, SinkUnavailableError):
                     logger.exception("re-reading pending jobs failed")
                 self._reread.set()
-                await anyio.sleep(_backoff(failures))
-
-
-class _Outage:
-    """Counts the commands an outage failed, and logs it twice: as it starts and ends."""
-
-    def __init__(self) -> None:
-        self.outages = 0
-        self.failed_commands = 0
-        self._started: float | None = None
-        self._failed_in_this_one = 0
-
-    def failed(self, reason: str) -> None:
-        self.failed_commands += 1
-        self._failed_in_this_one += 1
-        if self._started is None:
-            self._started = time.monotonic()
-            self.outages += 1
-            logger.warning("%s; its commands fail until it answers again", reason)
-
-    def answered(self) -> None:
-        if self._started is not None:
-            seconds = time.monotonic() - self._started
-            logger.warning(
-                "Redis answers again after %.1f s; %d command(s) failed meanwhile",
-                seconds,
-                self._failed_in_this_one,
-            )
-            self._started = None
-            self._failed_in_this_one = 0
+                await anyio.sleep(reconnect_delay(failures))
 
 
 def _connect(url: str, *, cluster: bool, max_connections: int, command_timeout: float) -> AnyRedis:
@@ -518,25 +494,3 @@ async def _close_quietly(client: redis.Redis) -> None:
         await client.aclose()
     except (RedisError, OSError) as exc:
         logger.debug("closing a Redis listener connection failed: %s", exc)
-
-
-def _backoff(failures: int) -> float:
-    return random.uniform(0, min(2.0, 0.05 * 2 ** min(failures, 6)))
-
-
-def _encode(outcome: Outcome) -> bytes:
-    event = outcome.event.model_dump_json().encode()
-    # A traceparent is [0-9a-f-] only: it needs no escaping.
-    trace = b'"trace":"%s",' % outcome.trace.encode() if outcome.trace else b""
-    return b'{"via":"%s",%s"event":%s}' % (outcome.via.encode(), trace, event)
-
-
-def _decode(value: bytes) -> Outcome:
-    stored = json.loads(value)
-    event: JobEvent = parse_event(stored["event"])  # type: ignore[assignment]
-    return Outcome(event, stored.get("via", "webhook"), stored.get("trace"))
-
-
-def _pending_job(job_id: str, raw: bytes) -> PendingJob:
-    entry = json.loads(raw)
-    return PendingJob(job_id, entry["kind"], entry["submitted_at"], entry.get("deadline"))

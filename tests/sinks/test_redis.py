@@ -37,7 +37,7 @@ from cobalt_async import (
 )
 from cobalt_async._signing import compact_json
 from cobalt_async.models import TaskCreatedEvent, UnknownEvent, parse_event
-from cobalt_async.sinks import Outcome, PendingJob
+from cobalt_async.sinks import Outcome, PendingJob, _remote
 from cobalt_async.testing._contract import StoreReads
 from tests._redis_server import RedisServer
 
@@ -45,7 +45,7 @@ try:
     import redis.asyncio as redis
     import redis.exceptions as redis_exceptions
 
-    from cobalt_async.sinks import RedisSink, _redis
+    from cobalt_async.sinks import RedisSink
 except ImportError:
     if os.environ.get("CI") == "true":
         raise  # CI installs the redis extra: a missing one must fail, not skip
@@ -336,7 +336,7 @@ async def test_failed_store_read_is_retried_without_a_reconnect(
 
 def test_reconnect_backoff_is_capped_after_any_number_of_failures() -> None:
     # 0.05 * 2**failures overflowed a float after ~1000 failures and killed the listener.
-    assert all(0 <= _redis._backoff(failures) <= 2.0 for failures in (1, 6, 1_100, 10**6))
+    assert all(0 <= _remote.reconnect_delay(failures) <= 2.0 for failures in (1, 6, 1_100, 10**6))
 
 
 async def test_listener_reconnects_after_client_kill(
