@@ -7,7 +7,7 @@ import pytest
 from cobalt_async import InMemorySink
 from tests.support import FakeClock, fake_clock
 
-pytest_plugins = ["tests._redis_server", "tests._redis_cluster"]
+pytest_plugins = ["tests._redis_server", "tests._redis_cluster", "tests._postgres_server"]
 
 CONFIGURATION_VARIABLES = [
     "COBALT_CLIENT_ID",

@@ -2,7 +2,8 @@
 Sinks store the outcomes of jobs and wake the waiters of this process.
 
 ``InMemorySink`` serves one process. ``RedisSink`` (``pip install 'cobalt-async[redis]'``)
-shares outcomes between workers and pods and keeps a durable pending registry.
+and ``PostgresSink`` (``pip install 'cobalt-async[postgres]'``) share outcomes between workers
+and pods and keep a durable pending registry.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from ._base import Sink, SinkStats, StoreStats
 from ._memory import InMemorySink
 
 if TYPE_CHECKING:
+    from ._postgres import PostgresSink
     from ._redis import RedisSink
 
 __all__ = [
     "InMemorySink",
     "Outcome",
     "PendingJob",
+    "PostgresSink",
     "PublishResult",
     "RedisSink",
     "Sink",
@@ -29,7 +32,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # RedisSink needs the optional redis package: import it only when asked for.
+    # RedisSink and PostgresSink need optional packages: import them only when asked for.
     if name == "RedisSink":
         try:
             from ._redis import RedisSink
@@ -37,5 +40,12 @@ def __getattr__(name: str) -> Any:
             msg = "RedisSink needs redis-py: pip install 'cobalt-async[redis]'"
             raise ImportError(msg) from exc
         return RedisSink
+    if name == "PostgresSink":
+        try:
+            from ._postgres import PostgresSink
+        except ImportError as exc:
+            msg = "PostgresSink needs asyncpg: pip install 'cobalt-async[postgres]'"
+            raise ImportError(msg) from exc
+        return PostgresSink
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)
