@@ -42,7 +42,14 @@ from anyio.abc import TaskGroup
 from .._errors import ConfigurationError, SinkUnavailableError
 from .._outcome import Outcome, PendingJob
 from ._base import Sink, StoreStats
-from ._remote import Outage, decode_outcome, encode_outcome, reconnect_delay
+from ._remote import (
+    Outage,
+    Rereads,
+    decode_outcome,
+    encode_outcome,
+    not_open,
+    reconnect_delay,
+)
 
 logger = logging.getLogger("cobalt_async.sinks.postgres")
 
@@ -179,7 +186,7 @@ class PostgresSink(Sink):
         self._setup_lock = asyncio.Lock()
         self._commands: set[asyncio.Task[Any]] = set()
         self._armed = anyio.Event()
-        self._reread = anyio.Event()
+        self._rereads = Rereads(logger)
         self._signal = asyncio.Event()
         self._woken: list[str] = []
         self._lost = False
@@ -204,7 +211,7 @@ class PostgresSink(Sink):
         except SinkUnavailableError:
             # A wait whose store read failed may have missed an outcome stored before it
             # registered: have every pending job re-read once PostgreSQL answers again.
-            self._reread.set()
+            self._rereads.ask()
             raise
         return {job_id: decode_outcome(value) for job_id, value in rows}
 
@@ -393,23 +400,19 @@ class PostgresSink(Sink):
 
     async def armed(self) -> None:
         if self._task_group is None:
-            msg = (
-                "PostgresSink is not open: use `async with sink:` or "
-                "`async with CobaltClient(sink=sink)` before awaiting handles"
-            )
-            raise ConfigurationError(msg)
+            raise not_open(type(self).__name__)
         await self._armed.wait()
 
     def start_background(self, task_group: TaskGroup) -> None:
         task_group.start_soon(self._listen)
-        task_group.start_soon(self._reread_when_asked)
+        task_group.start_soon(self._rereads.run, self.recheck, self.recheck_interval)
         task_group.start_soon(self._clean_up_periodically)
 
     async def aclose(self) -> None:
         """Close the connections (the listener stops when the last user leaves)."""
         if self._task_group is None:
             self._armed = anyio.Event()
-            self._reread = anyio.Event()
+            self._rereads.reset()
             # Commands whose callers gave up finish under their own timeouts first.
             with anyio.move_on_after(3 * self.command_timeout):
                 await asyncio.gather(*self._commands, return_exceptions=True)
@@ -434,7 +437,7 @@ class PostgresSink(Sink):
                 if failures:
                     # Reconnected: what was notified meanwhile is lost; the tables are not.
                     self._reconnects += 1
-                    self._reread.set()
+                    self._rereads.ask()
                     failures = 0
                 await self._serve(connection)
             except Exception as exc:  # the listener must outlive any error
@@ -498,7 +501,7 @@ class PostgresSink(Sink):
                 try:
                     await self.recheck(woken)
                 except SinkUnavailableError:
-                    pass  # get_outcomes asked _reread_when_asked to re-read every pending job
+                    pass  # get_outcomes asked for a re-read of every pending job
 
     def _notified(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
         seq, job_id = _parse_notification(payload)
@@ -511,24 +514,6 @@ class PostgresSink(Sink):
     def _terminated(self, _connection: object) -> None:
         self._lost = True
         self._signal.set()
-
-    async def _reread_when_asked(self) -> None:
-        # Re-read every pending job after a listener reconnect or a failed store read,
-        # retrying until PostgreSQL answers, and every recheck_interval in any case.
-        failures = 0
-        while True:
-            with anyio.move_on_after(self.recheck_interval):
-                await self._reread.wait()
-            self._reread = anyio.Event()
-            try:
-                await self.recheck()
-                failures = 0
-            except Exception as exc:
-                failures += 1
-                if not isinstance(exc, SinkUnavailableError):
-                    logger.exception("re-reading pending jobs failed")
-                self._reread.set()
-                await anyio.sleep(reconnect_delay(failures))
 
     async def _clean_up_periodically(self) -> None:
         while True:

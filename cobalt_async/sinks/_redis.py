@@ -40,10 +40,12 @@ from .._outcome import Outcome, PendingJob
 from ._base import Sink, StoreStats, same_event
 from ._remote import (
     Outage,
+    Rereads,
     decode_outcome,
     decode_pending,
     encode_outcome,
     encode_pending,
+    not_open,
     reconnect_delay,
 )
 
@@ -158,7 +160,7 @@ class RedisSink(Sink):
         self._admission = anyio.Semaphore(max_connections)
         self._commands: set[asyncio.Task[Any]] = set()
         self._armed = anyio.Event()
-        self._reread = anyio.Event()
+        self._rereads = Rereads(logger)
         self._reconnects = 0
         self._outage = Outage("Redis", logger)
         self._epoch_key = f"{self._prefix}:epoch"
@@ -184,7 +186,7 @@ class RedisSink(Sink):
         except SinkUnavailableError:
             # A wait whose store read failed may have missed an outcome stored before it
             # registered: have every pending job re-read once Redis answers again.
-            self._reread.set()
+            self._rereads.ask()
             raise
         return {
             job_id: decode_outcome(value)
@@ -295,22 +297,18 @@ class RedisSink(Sink):
 
     async def armed(self) -> None:
         if self._task_group is None:
-            msg = (
-                "RedisSink is not open: use `async with sink:` or "
-                "`async with CobaltClient(sink=sink)` before awaiting handles"
-            )
-            raise ConfigurationError(msg)
+            raise not_open(type(self).__name__)
         await self._armed.wait()
 
     def start_background(self, task_group: TaskGroup) -> None:
         task_group.start_soon(self._listen)
-        task_group.start_soon(self._reread_when_asked)
+        task_group.start_soon(self._rereads.run, self.recheck, self.recheck_interval)
 
     async def aclose(self) -> None:
         """Close Redis connections (the listener stops when the last user leaves)."""
         if self._task_group is None:
             self._armed = anyio.Event()
-            self._reread = anyio.Event()
+            self._rereads.reset()
             # Commands whose callers gave up finish under their socket timeouts first.
             with anyio.move_on_after(3 * self.command_timeout):
                 await asyncio.gather(*self._commands, return_exceptions=True)
@@ -350,11 +348,11 @@ class RedisSink(Sink):
                     await listener.ping()
                 if await self._lost_data(listener):
                     cursor = b"0-0"  # the stream went with the rest: read the new one whole
-                    self._reread.set()
+                    self._rereads.ask()
                 if failures:
                     # Reconnected: whatever the stream no longer holds is in the store.
                     self._reconnects += 1
-                    self._reread.set()
+                    self._rereads.ask()
                     failures = 0
                 while True:
                     cursor = await self._read(listener, cursor)
@@ -423,26 +421,8 @@ class RedisSink(Sink):
             try:
                 await self.recheck(woken)
             except SinkUnavailableError:
-                pass  # get_outcomes asked _reread_when_asked to re-read every pending job
+                pass  # get_outcomes asked for a re-read of every pending job
         return cursor
-
-    async def _reread_when_asked(self) -> None:
-        # Re-read every pending job after a listener reconnect or a failed store read,
-        # retrying until Redis answers, and every recheck_interval in any case.
-        failures = 0
-        while True:
-            with anyio.move_on_after(self.recheck_interval):
-                await self._reread.wait()
-            self._reread = anyio.Event()
-            try:
-                await self.recheck()
-                failures = 0
-            except Exception as exc:
-                failures += 1
-                if not isinstance(exc, SinkUnavailableError):
-                    logger.exception("re-reading pending jobs failed")
-                self._reread.set()
-                await anyio.sleep(reconnect_delay(failures))
 
 
 def _connect(url: str, *, cluster: bool, max_connections: int, command_timeout: float) -> AnyRedis:

@@ -9,7 +9,11 @@ import json
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 
+import anyio
+
+from .._errors import ConfigurationError, SinkUnavailableError
 from .._outcome import Outcome, PendingJob
 from ..models import JobEvent, parse_event
 
@@ -76,3 +80,47 @@ class Outage:
             )
             self._started = None
             self._failed_in_this_one = 0
+
+
+def not_open(sink: str) -> ConfigurationError:
+    """The error of a wait on a sink whose listener is not running."""
+    msg = (
+        f"{sink} is not open: use `async with sink:` or "
+        "`async with CobaltClient(sink=sink)` before awaiting handles"
+    )
+    return ConfigurationError(msg)
+
+
+class Rereads:
+    """
+    Re-reads of every job a sink's process awaits: when asked (its wake-up channel came
+    back, or a wait's own store read failed, so a wake-up may have been missed), retried
+    until the store answers, and every *interval* seconds in any case.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._asked = anyio.Event()
+
+    def ask(self) -> None:
+        self._asked.set()
+
+    def reset(self) -> None:
+        """Forget a request (for a sink closed, to be opened again)."""
+        self._asked = anyio.Event()
+
+    async def run(self, recheck: Callable[[], Awaitable[None]], interval: float) -> None:
+        failures = 0
+        while True:
+            with anyio.move_on_after(interval):
+                await self._asked.wait()
+            self._asked = anyio.Event()
+            try:
+                await recheck()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                if not isinstance(exc, SinkUnavailableError):
+                    self._logger.exception("re-reading pending jobs failed")
+                self._asked.set()
+                await anyio.sleep(reconnect_delay(failures))

@@ -1,8 +1,9 @@
 """
-A worker process for the multi-process RedisSink tests (run with ``sys.executable``).
+A worker process for the multi-process sink tests (run with ``sys.executable``).
 
 It plays one pod of an application: a ``CobaltClient`` whose sink is a ``RedisSink`` on the
-given namespace, and a ``WebhookReceiver`` on the same sink. Cobalt itself is an
+given namespace (``--sink redis``) or a ``PostgresSink`` on the given schema (``--sink
+postgres``, ``--url`` its DSN), and a ``WebhookReceiver`` on the same sink. Cobalt itself is an
 ``httpx.MockTransport``. The test drives it with JSON lines on stdin and reads JSON lines
 on stdout; every reply echoes the command's ``tag``.
 
@@ -41,7 +42,7 @@ from cobalt_async import (
     PollPolicy,
     WebhookReceiver,
 )
-from cobalt_async.sinks import RedisSink
+from cobalt_async.sinks import Sink
 
 _send_lock = anyio.Lock()
 
@@ -60,12 +61,7 @@ def _write(line: str) -> None:
 
 class Worker:
     def __init__(self, args: argparse.Namespace) -> None:
-        self.sink = RedisSink(
-            args.url,
-            namespace=args.namespace,
-            recheck_interval=args.recheck,
-            block_ms=args.block_ms,
-        )
+        self.sink = make_sink(args)
         self.backstop_calls = 0
         self.submitted: list[str] = []
         self.client = CobaltClient(
@@ -193,10 +189,23 @@ class Worker:
         await reply({"ev": "bye", "stats": self.stats()})
 
 
+def make_sink(args: argparse.Namespace) -> Sink:
+    if args.sink == "postgres":
+        from cobalt_async.sinks import PostgresSink
+
+        return PostgresSink(args.url, schema=args.namespace, recheck_interval=args.recheck)
+    from cobalt_async.sinks import RedisSink
+
+    return RedisSink(
+        args.url, namespace=args.namespace, recheck_interval=args.recheck, block_ms=args.block_ms
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--namespace", required=True)
+    parser.add_argument("--sink", choices=["redis", "postgres"], default="redis")
+    parser.add_argument("--url", required=True, help="Redis URL, or PostgreSQL DSN")
+    parser.add_argument("--namespace", required=True, help="Redis namespace, or schema")
     parser.add_argument("--secret", required=True)
     parser.add_argument("--silence", type=float, default=60.0)
     parser.add_argument("--recheck", type=float, default=30.0)
