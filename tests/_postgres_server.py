@@ -142,8 +142,10 @@ class PostgresServer:
 
     def restart(self) -> None:
         """``pg_ctl restart -m fast``: every session is cut, the data stays."""
+        # The server's options are remembered (postmaster.opts); its log file is not, and
+        # without one the server would hold this process's pipes open.
         self._command(
-            "pg_ctl", "restart", "-D", str(self.data), "-m", "fast", "-w",
+            "pg_ctl", "restart", "-D", str(self.data), "-l", str(self.log_path), "-m", "fast", "-w",
             "-t", str(START_TIMEOUT), timeout=START_TIMEOUT + STOP_TIMEOUT,
         )  # fmt: skip
         self.starts += 1

@@ -56,6 +56,11 @@ logger = logging.getLogger("cobalt_async.sinks.postgres")
 SCHEMA_VERSION = 1
 """The schema version this release creates and reads."""
 
+APPLICATION_NAME = "cobalt_async"
+"""How the sink's command connections name themselves (``pg_stat_activity.application_name``)."""
+LISTENER_NAME = "cobalt_async listener"
+"""How each process's listening connection names itself."""
+
 _SCHEMES = ("postgresql", "postgres")
 # Unquoted and lowercase, so that psql users type it as it is; short enough that the
 # notification channel "<schema>.outcomes" stays within PostgreSQL's 63-byte names.
@@ -99,7 +104,7 @@ _MIGRATIONS: tuple[str, ...] = (
 """Migration *n* (from 1) takes the schema from version *n - 1* to *n*; each is idempotent."""
 
 # What a failing PostgreSQL raises (OSError includes TimeoutError, from fail_after too).
-_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 
 class PostgresSink(Sink):
@@ -183,6 +188,7 @@ class PostgresSink(Sink):
         self._sql = _Statements(schema)
         self._pool: asyncpg.Pool | None = None
         self._migrated = False
+        self._migration = (0, 0)
         self._setup_lock = asyncio.Lock()
         self._commands: set[asyncio.Task[Any]] = set()
         self._armed = anyio.Event()
@@ -268,8 +274,9 @@ class PostgresSink(Sink):
         Raises:
             SinkUnavailableError: PostgreSQL is unreachable, or refused (the message says why).
         """
-        versions: tuple[int, int] = await self._call(self._migrate, timeout=_MIGRATION_TIMEOUT)
-        return versions
+        self._migrated = False  # look again, whatever this process found before
+        await self._call(_statement("execute", "SELECT 1"), timeout=_MIGRATION_TIMEOUT)
+        return self._migration
 
     async def delete_expired(self) -> int:
         """
@@ -336,7 +343,14 @@ class PostgresSink(Sink):
         acquire = max(timeout, self.connect_timeout)
         pool = await self._ready(acquire)
         async with pool.acquire(timeout=acquire) as connection:
-            return await operation(connection, timeout)
+            try:
+                return await operation(connection, timeout)
+            except Exception as exc:
+                if not isinstance(exc, asyncpg.PostgresError | TimeoutError):
+                    # asyncpg lost track of the session (seen when a restart cut it
+                    # mid-statement): never hand it out again.
+                    connection.terminate()
+                raise
 
     async def _ready(self, timeout: float) -> asyncpg.Pool:
         """The pool, created on first use, with the schema migrated."""
@@ -350,7 +364,7 @@ class PostgresSink(Sink):
                     await self._migrate(connection, _MIGRATION_TIMEOUT)
         return self._pool
 
-    async def _migrate(self, connection: asyncpg.Connection, timeout: float) -> tuple[int, int]:
+    async def _migrate(self, connection: asyncpg.Connection, timeout: float) -> None:
         before = await self._version(connection, timeout)
         if before < SCHEMA_VERSION:
             try:
@@ -370,7 +384,7 @@ class PostgresSink(Sink):
                 )
                 raise _Refused(msg) from exc
         self._migrated = True
-        return before, max(before, SCHEMA_VERSION)
+        self._migration = before, max(before, SCHEMA_VERSION)
 
     async def _version(self, connection: asyncpg.Connection, timeout: float) -> int:
         # The catalog read as a table, not by to_regclass: a name lookup may answer from a
@@ -462,7 +476,10 @@ class PostgresSink(Sink):
         """A connection of its own, listening: every commit from now on is announced to it."""
         self._lost = False
         connection = await asyncpg.connect(
-            self._dsn, timeout=self.connect_timeout, command_timeout=self.command_timeout
+            self._dsn,
+            timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+            server_settings={"application_name": LISTENER_NAME},
         )
         try:
             connection.add_termination_listener(self._terminated)
@@ -619,6 +636,7 @@ async def _create_pool(sink: PostgresSink) -> asyncpg.Pool:
         timeout=sink.connect_timeout,
         command_timeout=sink.command_timeout,
         reset=_keep_session,
+        server_settings={"application_name": APPLICATION_NAME},
     )
     return pool
 
