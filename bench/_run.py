@@ -20,6 +20,7 @@ METRICS: dict[str, Measure] = {
     "memory": _memory.measure,
     "wakeup": _wakeup.measure_inprocess,
     "wakeup_redis": _wakeup.measure_redis,
+    "wakeup_postgres": _wakeup.measure_postgres,
     "scaling": _scaling.measure,
     "requests": _requests.measure,
 }

@@ -1,8 +1,9 @@
 """
 Metric 4: wake-up latency, from ``receive()`` returning to the awaiting coroutine running.
 
-In-process (InMemorySink) against an ``anyio.Event`` set -> wake; across processes
-(RedisSink, a publisher subprocess) against a raw redis-py ``XADD`` -> ``XREAD`` wake.
+In-process (InMemorySink) against an ``anyio.Event`` set -> wake; across processes (a
+publisher subprocess) through RedisSink against a raw redis-py ``XADD`` -> ``XREAD`` wake, and
+through PostgresSink against a bare asyncpg ``NOTIFY`` -> ``LISTEN`` callback.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import Process
+from anyio.abc import Process, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from cobalt_async import CobaltClient, InMemorySink, WebhookReceiver
@@ -35,7 +36,7 @@ from ._common import (
     until,
 )
 from ._ingest import deliveries
-from ._procs import redis_server, redis_server_binary
+from ._procs import postgres_bin_dir, postgres_server, redis_server, redis_server_binary
 
 NAME = "wakeup_inprocess"
 TITLE = "receive() returned -> `await handle` resumes, InMemorySink, vs anyio.Event set -> wake"
@@ -46,7 +47,14 @@ REDIS_TITLE = (
     "vs raw XADD issued -> XREAD BLOCK woke"
 )
 REDIS_TARGET = Target("value", "<=", 5.0)
+POSTGRES_NAME = "wakeup_postgres"
+POSTGRES_TITLE = (
+    "receive() returned in process A -> `await handle` resumes in process B via PostgresSink, "
+    "vs bare NOTIFY issued -> LISTEN callback ran"
+)
+POSTGRES_TARGET = Target("ratio", "<=", 2.0)
 UNIT = "ms p99"
+
 
 def client_for(sink: Sink) -> CobaltClient:
     return offline_client(sink, poll=NO_POLL, job_timeout=None)
@@ -176,11 +184,18 @@ class _Publisher:
         return int(issued), int(returned)
 
 
-async def _raw_listener(url: str, stream: str, woken: dict[str, int]) -> None:
+RawListener = Any
+"""``listen(url, channel, woken, task_status=...)``: records when each raw write woke it."""
+
+
+async def _raw_redis_listener(
+    url: str, stream: str, woken: dict[str, int], *, task_status: TaskStatus[None]
+) -> None:
     import redis.asyncio as redis
 
     listener = redis.Redis.from_url(url)
     cursor: bytes | str = "0-0"  # a new stream: read it from its start
+    task_status.started()
     try:
         while True:
             reply: Any = await listener.xread({stream: cursor}, block=0)
@@ -210,12 +225,46 @@ async def _ping_rtt(url: str, count: int) -> list[float]:
         await client.aclose()
 
 
+async def _raw_postgres_listener(
+    dsn: str, channel: str, woken: dict[str, int], *, task_status: TaskStatus[None]
+) -> None:
+    import asyncpg
+
+    listener = await asyncpg.connect(dsn)
+
+    def notified(_connection: object, _pid: int, _channel: str, payload: str) -> None:
+        woken[payload] = time.monotonic_ns()
+
+    try:
+        await listener.add_listener(channel, notified)
+        task_status.started()  # LISTEN is in effect: no notification can be missed now
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await listener.close()
+
+
 async def redis_samples(url: str, samples: int) -> dict[str, list[float]]:
     from cobalt_async.sinks import RedisSink
 
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
-    raw_stream = f"bench-raw-{namespace}"
     sink = RedisSink(url, namespace=namespace)
+    return await cross_process_samples(url, namespace, sink, _raw_redis_listener, samples)
+
+
+async def postgres_samples(dsn: str, samples: int) -> dict[str, list[float]]:
+    from cobalt_async.sinks import PostgresSink
+
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    sink = PostgresSink(dsn, schema=schema)
+    return await cross_process_samples(dsn, schema, sink, _raw_postgres_listener, samples)
+
+
+async def cross_process_samples(
+    url: str, namespace: str, sink: Sink, listen_raw: RawListener, samples: int
+) -> dict[str, list[float]]:
+    """Wake-ups in this process of writes by the publisher process: through *sink*, and raw."""
+    raw_stream = f"bench-raw-{namespace}"
     client = client_for(sink)
     results: dict[str, list[float]] = {"handle": [], "handle+receive": [], "sink": [], "raw": []}
     woken: dict[str, int] = {}
@@ -236,7 +285,7 @@ async def redis_samples(url: str, samples: int) -> dict[str, list[float]]:
         publisher = _Publisher(process)
         if await publisher.readline() != b"ready":
             raise RuntimeError("the publisher process did not start")
-        task_group.start_soon(_raw_listener, url, raw_stream, woken)
+        await task_group.start(listen_raw, url, raw_stream, woken)
         warm_up = min(20, samples)
         for index in range(samples + warm_up):  # the first ones warm up
             for mode in ("handle", "sink", "raw"):
@@ -255,7 +304,8 @@ async def redis_samples(url: str, samples: int) -> dict[str, list[float]]:
                 if index < warm_up:
                     continue
                 if mode == "raw":
-                    # From the XADD being issued: its reply and the XREAD's leave Redis together.
+                    # From the write being issued: its reply and the wake-up leave the server
+                    # together.
                     results["raw"].append((woke - issued) / 1e9)
                 else:
                     results[mode].append((woke - returned) / 1e9)
@@ -292,6 +342,33 @@ async def measure_redis(sizes: Sizes) -> Metric:
             **_summary("raw XADD issued->XREAD woke", raw),
             "redis PING round-trip p50 ms": percentile(ping, 50) * 1e3,
             "redis PING round-trip p99 ms": percentile(ping, 99) * 1e3,
+            "p50 ratio": median(handle) / median(raw),
+        },
+    )
+
+
+async def measure_postgres(sizes: Sizes) -> Metric:
+    if postgres_bin_dir() is None:
+        reason = "skipped: no PostgreSQL initdb on PATH (apt-get install postgresql)"
+        return skipped(POSTGRES_NAME, POSTGRES_TITLE, UNIT, POSTGRES_TARGET, reason)
+    with postgres_server() as dsn:
+        results = await postgres_samples(dsn, sizes.redis_samples)
+    handle, direct, raw = results["handle"], results["sink"], results["raw"]
+    return Metric(
+        POSTGRES_NAME,
+        POSTGRES_TITLE,
+        percentile(handle, 99) * 1e3,
+        percentile(raw, 99) * 1e3,
+        UNIT,
+        POSTGRES_TARGET,
+        value_label="SDK p99",
+        baseline_label="bare NOTIFY issued->LISTEN callback p99",
+        details={
+            "samples each": len(handle),
+            **_summary("SDK (await handle)", handle),
+            **_summary("sink.wait_for alone", direct),
+            **_summary("SDK from receive() called", results["handle+receive"]),
+            **_summary("bare NOTIFY issued->LISTEN callback", raw),
             "p50 ratio": median(handle) / median(raw),
         },
     )

@@ -11,11 +11,13 @@ Tables, in a schema of their own (``cobalt`` unless named), created on first use
 - ``schema_version``: how far the migrations went.
 
 A publish is one statement, ``INSERT ... ON CONFLICT (job_id) DO NOTHING RETURNING seq``
-and, only when it inserted, a ``pg_notify`` of that seq and job id: both commit together, so a
-waiter that misses the notification finds the row, and one that misses the row gets the
-notification. Each process listens on one connection of its own and reads its cursor only once
-``LISTEN`` is in effect, so a wait registered after :meth:`PostgresSink.armed` returned cannot
-miss a commit. Notifications sent while the listener was away are lost for good: after every
+and, only when it inserted, a ``pg_notify`` of that seq, job id and (when it fits the payload)
+the outcome itself: both commit together, so a waiter that misses the notification finds the
+row, and one that misses the row gets the notification, which is the row.
+
+Each process listens on one connection of its own and reads its cursor only once ``LISTEN``
+is in effect, so a wait registered after :meth:`PostgresSink.armed` returned cannot miss a
+commit. Notifications sent while the listener was away are lost for good: after every
 reconnect it re-reads the rows after its cursor, then every pending job (a seq is drawn at
 insert and committed later, so a row below the cursor may have committed while it was away).
 
@@ -68,6 +70,8 @@ _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 # Rows a reconnected listener re-reads after its cursor; the re-read of every pending job
 # that follows covers any beyond.
 _CATCH_UP = 10_000
+# A notification carries the outcome when job id and outcome take at most this many bytes.
+_INLINE_BYTES = 7_900
 _MIGRATION_TIMEOUT = 30.0
 _CLEANUP_TIMEOUT = 10.0
 
@@ -521,12 +525,20 @@ class PostgresSink(Sink):
                     pass  # get_outcomes asked for a re-read of every pending job
 
     def _notified(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
-        seq, job_id = _parse_notification(payload)
+        seq, job_id, encoded = _parse_notification(payload)
         if self._cursor is not None and seq > self._cursor:
             self._cursor = seq
-        if self.is_awaited(job_id):
-            self._woken.append(job_id)
-            self._signal.set()
+        if not self.is_awaited(job_id):
+            return
+        if encoded:
+            # The row itself, committed: settle the wait without reading it back.
+            try:
+                self._correlator.resolve(job_id, decode_outcome(encoded))
+                return
+            except (ValueError, KeyError):
+                logger.warning("job %s: unreadable notification, reading the row", job_id)
+        self._woken.append(job_id)
+        self._signal.set()
 
     def _terminated(self, _connection: object) -> None:
         self._lost = True
@@ -576,7 +588,8 @@ class _Statements:
             f"INSERT INTO {s}.schema_version (version) VALUES ($1) ON CONFLICT DO NOTHING"
         )
         self.migrations = [migration.format(schema=s) for migration in _MIGRATIONS]
-        # The notification names the row's seq and job: "<seq>:<job_id>".
+        # The notification: "<seq>:<length of job_id>:<job_id><outcome>", the outcome left
+        # out when the payload would pass PostgreSQL's 8000 bytes.
         self.insert_outcome = f"""
             WITH stored AS (
                 INSERT INTO {s}.outcomes (job_id, outcome, expires_at)
@@ -584,7 +597,10 @@ class _Statements:
                 ON CONFLICT (job_id) DO NOTHING
                 RETURNING seq
             )
-            SELECT pg_notify($4, stored.seq || ':' || $1::text) FROM stored
+            SELECT pg_notify($4, concat_ws(':', stored.seq, length($1), $1)
+                || CASE WHEN octet_length($1) + octet_length($2) <= {_INLINE_BYTES}
+                        THEN $2 ELSE '' END)
+            FROM stored
         """
         self.fetch_outcome = f"SELECT outcome FROM {s}.outcomes WHERE job_id = $1"
         self.fetch_outcomes = (
@@ -676,9 +692,12 @@ def _scrub(text: str, password: str | None) -> str:
     return text.replace(password, "***") if password else text
 
 
-def _parse_notification(payload: str) -> tuple[int, str]:
-    seq, _, job_id = payload.partition(":")
-    return int(seq), job_id
+def _parse_notification(payload: str) -> tuple[int, str, str]:
+    """The seq, job id and encoded outcome (empty when left out) of a notification."""
+    seq, _, rest = payload.partition(":")
+    length, _, rest = rest.partition(":")
+    size = int(length)
+    return int(seq), rest[:size], rest[size:]
 
 
 async def _close_quietly(connection: asyncpg.Connection) -> None:

@@ -27,7 +27,7 @@ import anyio
 import pytest
 
 from cobalt_async import ConfigurationError, JobTimeoutError, SinkUnavailableError, WebhookReceiver
-from cobalt_async.models import TaskCreatedEvent
+from cobalt_async.models import TaskCreatedEvent, parse_event
 from cobalt_async.sinks import Outcome, PendingJob
 from cobalt_async.testing._contract import StoreReads
 from tests._postgres_server import PostgresServer
@@ -107,9 +107,16 @@ async def test_publish_then_wait_across_sinks(
         await publisher.aclose()
 
 
+@pytest.mark.parametrize(
+    ("description", "reads"),
+    [(None, 1), ("x" * 9_000, 2)],
+    ids=["the-notification-carries-the-outcome", "too-big-to-carry-so-read-back"],
+)
 async def test_wait_then_publish_wakes_through_the_listener(
-    postgres_server: PostgresServer, postgres_schema: str
+    postgres_server: PostgresServer, postgres_schema: str, description: str | None, reads: int
 ) -> None:
+    payload = event_payload("j2")
+    payload["data"]["description"] = description
     publisher = PostgresSink(postgres_server.dsn, schema=postgres_schema)
     results: list[Outcome] = []
     with anyio.fail_after(10):
@@ -117,17 +124,17 @@ async def test_wait_then_publish_wakes_through_the_listener(
         async with PostgresSink(
             postgres_server.dsn, schema=postgres_schema, recheck_interval=3600
         ) as waiter:
-            reads = StoreReads(waiter)
+            store_reads = StoreReads(waiter)
 
             async def wait() -> None:
                 results.append(await waiter.wait_for("j2", timeout=8))
 
             async with anyio.create_task_group() as group:
                 group.start_soon(wait)
-                await reads.wait_for(1)  # registered, and its store read found nothing
-                assert await publisher.publish(event("j2")) == "accepted"
-            assert results[0].event.id == "evt_ok_j2"
-            assert reads.count == 2  # the notification's re-read
+                await store_reads.wait_for(1)  # registered, and its store read found nothing
+                assert await publisher.publish(parse_event(payload)) == "accepted"
+            assert results[0].event == parse_event(payload)
+            assert store_reads.count == reads
         await publisher.aclose()
 
 
@@ -152,7 +159,7 @@ async def test_duplicate_and_conflict_store_and_announce_once(
             assert (sink.stats().duplicates, sink.stats().conflicts) == (0, 1)
             await listener.execute("SELECT 1")  # notifications sent so far have arrived
             assert len(notified) == 1  # a duplicate or conflict announces nothing
-            assert notified[0].endswith(":j3")
+            assert notified[0].startswith("1:2:j3{")  # seq, job id, the outcome kept
         await sink.aclose()
         await other.aclose()
 
