@@ -24,6 +24,11 @@ Metrics (short names for ``--only``):
   vs ``anyio.Event``; p99 target <= 1 ms.
 - ``wakeup_redis``: the same across processes through ``RedisSink`` (a private redis-server),
   vs raw redis-py ``XADD`` -> ``XREAD BLOCK``; p99 target <= 5 ms.
+- ``wakeup_postgres``: the same through ``PostgresSink`` (a private PostgreSQL cluster), vs a
+  bare asyncpg ``NOTIFY`` -> ``LISTEN`` callback; target p99 ratio <= 2.
+- ``stores_postgres``: webhooks stored per second, ``WebhookReceiver.receive`` into
+  ``PostgresSink`` vs the sink's own statement issued bare with asyncpg (same pool size and
+  concurrency); target ratio >= 0.45.
 - ``scaling``: CPU per resolved event with 100,000 pending handles / with 1,000; <= 1.3.
 - ``requests``: HTTP requests per resolved job for a 30 s job with webhooks (counted at the
   fake, time scaled) vs Cobalt's 1-second polling helper; target exactly 1.0.
