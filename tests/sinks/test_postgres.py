@@ -30,6 +30,7 @@ from cobalt_async import ConfigurationError, JobTimeoutError, SinkUnavailableErr
 from cobalt_async.models import TaskCreatedEvent, parse_event
 from cobalt_async.sinks import Outcome, PendingJob
 from cobalt_async.testing._contract import StoreReads
+from tests import _postgres_server
 from tests._postgres_server import PostgresServer
 from tests.sinks._fleet import (
     ROOT,
@@ -88,6 +89,22 @@ async def terminate(server: PostgresServer, application_name: str) -> int:
                 application_name,
             )
         )
+
+
+# The cluster fixture.
+
+
+@pytest.mark.parametrize(
+    ("ci", "outcome"), [("true", pytest.fail.Exception), ("", pytest.skip.Exception)]
+)
+def test_without_initdb_the_tests_skip_except_under_ci_where_they_fail(
+    monkeypatch: pytest.MonkeyPatch, ci: str, outcome: type[BaseException]
+) -> None:
+    monkeypatch.setattr(_postgres_server.shutil, "which", lambda name: None)
+    monkeypatch.setattr(_postgres_server.glob, "glob", lambda pattern: [])
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="apt-get install postgresql"):
+        _postgres_server.postgres_bin_dir()
 
 
 # The store, across two sinks of one schema.
