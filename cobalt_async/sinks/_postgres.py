@@ -384,7 +384,8 @@ class PostgresSink(Sink):
                 msg = (
                     f"PostgreSQL at {self.host} refused to create schema {self.schema!r} "
                     f"({exc}): run `cobalt-async db migrate --schema {self.schema}` as a role "
-                    "that may, then grant this one SELECT, INSERT and DELETE on its tables"
+                    "that may, then grant this one USAGE on the schema and its sequence, and "
+                    "SELECT, INSERT, UPDATE and DELETE on its tables"
                 )
                 raise _Refused(msg) from exc
         self._migrated = True
@@ -448,9 +449,9 @@ class PostgresSink(Sink):
             connection: asyncpg.Connection | None = None
             try:
                 connection = await self._listener_connection()
-                missed = await self._catch_up()
-                if self._cursor is None:
-                    self._cursor = missed
+                caught_up = await self._catch_up()
+                # Notifications that came during the catch-up may have moved it further.
+                self._cursor = max(caught_up, self._cursor or 0)
                 self._armed.set()
                 if failures:
                     # Reconnected: what was notified meanwhile is lost; the tables are not.

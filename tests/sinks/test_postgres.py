@@ -495,6 +495,11 @@ async def test_a_terminated_listener_reconnects_and_loses_no_wake_up(
                 released.set()
             assert results[0].event.id == "evt_ok_k1"
             assert sink.stats().reconnects == 1
+            async with admin(postgres_server) as connection:
+                last = await connection.fetchval(
+                    f'SELECT max(seq) FROM "{postgres_schema}".outcomes'
+                )
+            assert sink._cursor == last  # the catch-up read it: the next one starts after it
         await publisher.aclose()
 
 
