@@ -449,15 +449,15 @@ class PostgresSink(Sink):
             connection: asyncpg.Connection | None = None
             try:
                 connection = await self._listener_connection()
+                if failures:
+                    # Listening again: what was notified meanwhile is lost; the tables are not.
+                    self._reconnects += 1
+                    self._rereads.ask()
+                    failures = 0
                 caught_up = await self._catch_up()
                 # Notifications that came during the catch-up may have moved it further.
                 self._cursor = max(caught_up, self._cursor or 0)
                 self._armed.set()
-                if failures:
-                    # Reconnected: what was notified meanwhile is lost; the tables are not.
-                    self._reconnects += 1
-                    self._rereads.ask()
-                    failures = 0
                 await self._serve(connection)
             except Exception as exc:  # the listener must outlive any error
                 # Down at start: arm all the same; the first connect re-reads every wait.
@@ -474,6 +474,8 @@ class PostgresSink(Sink):
                 await anyio.sleep(reconnect_delay(failures))
             finally:
                 if connection is not None:
+                    # Its end is no news to the next connection's watch.
+                    connection.remove_termination_listener(self._terminated)
                     with anyio.CancelScope(shield=True):
                         await _close_quietly(connection)
 
@@ -490,7 +492,8 @@ class PostgresSink(Sink):
             connection.add_termination_listener(self._terminated)
             await connection.add_listener(self.channel, self._notified)
         except BaseException:
-            await _close_quietly(connection)
+            with anyio.CancelScope(shield=True):  # cancelled too: close it all the same
+                await _close_quietly(connection)
             raise
         return connection
 
