@@ -316,6 +316,37 @@ async def cross_process_samples(
     return results
 
 
+def _cross_process_metric(
+    name: str,
+    title: str,
+    target: Target,
+    baseline: str,
+    results: dict[str, list[float]],
+    **details: float,
+) -> Metric:
+    """The metric of :func:`cross_process_samples`: the SDK's p99 against the raw write's."""
+    handle, raw = results["handle"], results["raw"]
+    return Metric(
+        name,
+        title,
+        percentile(handle, 99) * 1e3,
+        percentile(raw, 99) * 1e3,
+        UNIT,
+        target,
+        value_label="SDK p99",
+        baseline_label=f"{baseline} p99",
+        details={
+            "samples each": len(handle),
+            **_summary("SDK (await handle)", handle),
+            **_summary("sink.wait_for alone", results["sink"]),
+            **_summary("SDK from receive() called", results["handle+receive"]),
+            **_summary(baseline, raw),
+            **details,
+            "p50 ratio": median(handle) / median(raw),
+        },
+    )
+
+
 async def measure_redis(sizes: Sizes) -> Metric:
     if redis_server_binary() is None:
         reason = "skipped: no redis-server on PATH (apt-get install redis-server)"
@@ -323,26 +354,15 @@ async def measure_redis(sizes: Sizes) -> Metric:
     with redis_server() as url:
         ping = await _ping_rtt(url, 500)
         results = await redis_samples(url, sizes.redis_samples)
-    handle, direct, raw = results["handle"], results["sink"], results["raw"]
-    whole = results["handle+receive"]
-    return Metric(
+    return _cross_process_metric(
         REDIS_NAME,
         REDIS_TITLE,
-        percentile(handle, 99) * 1e3,
-        percentile(raw, 99) * 1e3,
-        UNIT,
         REDIS_TARGET,
-        value_label="SDK p99",
-        baseline_label="raw XADD issued->XREAD woke p99",
-        details={
-            "samples each": len(handle),
-            **_summary("SDK (await handle)", handle),
-            **_summary("sink.wait_for alone", direct),
-            **_summary("SDK from receive() called", whole),
-            **_summary("raw XADD issued->XREAD woke", raw),
+        "raw XADD issued->XREAD woke",
+        results,
+        **{
             "redis PING round-trip p50 ms": percentile(ping, 50) * 1e3,
             "redis PING round-trip p99 ms": percentile(ping, 99) * 1e3,
-            "p50 ratio": median(handle) / median(raw),
         },
     )
 
@@ -353,22 +373,10 @@ async def measure_postgres(sizes: Sizes) -> Metric:
         return skipped(POSTGRES_NAME, POSTGRES_TITLE, UNIT, POSTGRES_TARGET, reason)
     with postgres_server() as dsn:
         results = await postgres_samples(dsn, sizes.redis_samples)
-    handle, direct, raw = results["handle"], results["sink"], results["raw"]
-    return Metric(
+    return _cross_process_metric(
         POSTGRES_NAME,
         POSTGRES_TITLE,
-        percentile(handle, 99) * 1e3,
-        percentile(raw, 99) * 1e3,
-        UNIT,
         POSTGRES_TARGET,
-        value_label="SDK p99",
-        baseline_label="bare NOTIFY issued->LISTEN callback p99",
-        details={
-            "samples each": len(handle),
-            **_summary("SDK (await handle)", handle),
-            **_summary("sink.wait_for alone", direct),
-            **_summary("SDK from receive() called", results["handle+receive"]),
-            **_summary("bare NOTIFY issued->LISTEN callback", raw),
-            "p50 ratio": median(handle) / median(raw),
-        },
+        "bare NOTIFY issued->LISTEN callback",
+        results,
     )
