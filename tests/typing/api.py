@@ -28,6 +28,7 @@ from cobalt_async import (
     JobStatus,
     JobTimeoutError,
     PollPolicy,
+    PostgresSink,
     RateLimitError,
     Receipt,
     RequestValidationError,
@@ -181,6 +182,16 @@ async def receiving(sink: InMemorySink) -> None:
     assert_type(verify_webhook(b"", {"cobalt-verification": "00"}, ["whsec"]), Event)
     assert_type(sign_webhook({"type": "task.created"}, "whsec"), str)
     assert_type(WebhookApp(receiver), WebhookApp)
+
+
+async def postgres() -> None:
+    sink = PostgresSink("postgresql://app@db:5432/app", schema="cobalt", outcome_ttl=3600)
+    assert_type(await sink.migrate(), tuple[int, int])
+    assert_type(await sink.delete_expired(), int)
+    assert_type(sink.host, str)
+    async with CobaltClient(sink=sink) as client:
+        assert_type(client, CobaltClient)
+    PostgresSink("postgresql://app@db/app", namespace="cobalt")  # type: ignore[call-arg]
 
 
 async def testing() -> None:
