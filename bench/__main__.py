@@ -69,8 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._profile import run_profiles
         except ModuleNotFoundError as exc:
             print(
-                f"python -m bench: --profile needs {exc.name}: "
-                'python -m pip install -e ".[bench]"',
+                f'python -m bench: --profile needs {exc.name}: python -m pip install -e ".[bench]"',
                 file=sys.stderr,
             )
             return 2

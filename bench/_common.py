@@ -189,7 +189,10 @@ class Sizes:
     memory_handles: int
     wake_samples: int
     redis_samples: int
+    """Wake-ups measured across processes, through each server sink and raw."""
     sqlite_samples: int
+    store_rounds: int
+    store_events: int
     scaling_small: int
     scaling_large: int
     scaling_events: int
@@ -217,6 +220,8 @@ _SIZES: dict[str, dict[str, Any]] = {
         "wake_samples": 10_000,
         "redis_samples": 2_000,
         "sqlite_samples": 1_000,
+        "store_rounds": 11,
+        "store_events": 2_000,
         "scaling_small": 1_000,
         "scaling_large": 100_000,
         "scaling_events": 500,
@@ -235,6 +240,8 @@ _SIZES: dict[str, dict[str, Any]] = {
         "wake_samples": 1_000,
         "redis_samples": 200,
         "sqlite_samples": 200,
+        "store_rounds": 5,
+        "store_events": 500,
         "scaling_small": 1_000,
         "scaling_large": 20_000,
         "scaling_events": 500,
@@ -253,6 +260,8 @@ _SIZES: dict[str, dict[str, Any]] = {
         "wake_samples": 50,
         "redis_samples": 5,
         "sqlite_samples": 5,
+        "store_rounds": 1,
+        "store_events": 20,
         "scaling_small": 50,
         "scaling_large": 200,
         "scaling_events": 20,

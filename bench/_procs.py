@@ -1,8 +1,10 @@
-"""Processes the benchmarks start: the Cobalt simulator and a private redis-server."""
+"""Processes the benchmarks start: the Cobalt simulator, a private redis-server and PostgreSQL."""
 
 from __future__ import annotations
 
+import glob
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -128,3 +130,66 @@ def redis_server() -> Iterator[str]:
             yield f"redis://127.0.0.1:{port}/0"
         finally:
             _stop(process)
+
+
+def postgres_bin_dir() -> Path | None:
+    """Where ``initdb`` and ``pg_ctl`` are: the PATH, else Debian's versioned directory."""
+    found = shutil.which("initdb") or max(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda path: int(Path(path).parts[4]),
+        default=None,
+    )
+    return None if found is None else Path(found).resolve().parent
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """
+    A throwaway PostgreSQL cluster on a free loopback port, in a temporary directory; its DSN.
+
+    ``initdb`` refuses root: as root, the cluster belongs to an unprivileged user.
+    """
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        raise RuntimeError("PostgreSQL's initdb is not on PATH (apt-get install postgresql)")
+    prefix: list[str] = []
+    owner = None
+    if os.geteuid() == 0:
+        owner = next(user for user in map(_user, ("postgres", "cloudsdk", "nobody")) if user)
+        prefix = ["runuser", "-u", owner.pw_name, "--"]
+    directory = Path(tempfile.mkdtemp(prefix="cobalt-bench-pg-"))
+    data, port = directory / "data", free_port()
+
+    def pg(binary: str, *args: str) -> None:
+        subprocess.run(
+            [*prefix, str(bin_dir / binary), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=START_TIMEOUT * 2,
+            check=True,
+        )
+
+    try:
+        if owner is not None:
+            os.chown(directory, owner.pw_uid, owner.pw_gid)
+        pg("initdb", "-D", str(data), "-U", "bench", "--auth=trust", "--no-sync")
+        options = (
+            f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={directory}"
+            " -c fsync=off"
+        )
+        log = str(directory / "postgres.log")
+        pg("pg_ctl", "start", "-D", str(data), "-l", log, "-o", options, "-w")
+        try:
+            yield f"postgresql://bench@127.0.0.1:{port}/postgres"
+        finally:
+            pg("pg_ctl", "stop", "-D", str(data), "-m", "immediate", "-w")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _user(name: str) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        return None

@@ -6,12 +6,14 @@ readings, right before the write was issued and right after it returned (CLOCK_M
 system-wide, so the benchmark process can subtract them from its own readings):
 
 - ``sdk <job_id>``: ``WebhookReceiver.receive()`` of a signed ``task.created`` into the sink;
-- ``raw <job_id>``: the bare write the sink's wake-up rides on: a redis-py ``XADD``, or an
-  ``INSERT`` into a table of the same SQLite file with the stdlib ``sqlite3``;
+- ``raw <job_id>``: the bare write the sink's wake-up rides on: a redis-py ``XADD``, an
+  ``INSERT`` into a table of the same SQLite file with the stdlib ``sqlite3``, or an asyncpg
+  ``NOTIFY``;
 - ``quit``.
 
-Run as ``python -m bench._publisher redis REDIS_URL NAMESPACE RAW_STREAM`` or
-``python -m bench._publisher sqlite PATH RAW_TABLE``.
+Run as ``python -m bench._publisher redis REDIS_URL NAMESPACE RAW_STREAM``,
+``python -m bench._publisher sqlite PATH RAW_TABLE`` or
+``python -m bench._publisher postgres DSN SCHEMA RAW_CHANNEL``.
 """
 
 from __future__ import annotations
@@ -62,12 +64,30 @@ async def sqlite_store(stack: AsyncExitStack, path: str, table: str) -> tuple[Si
     return SQLiteSink(path), write
 
 
+async def postgres_store(
+    stack: AsyncExitStack, dsn: str, schema: str, channel: str
+) -> tuple[Sink, RawWrite]:
+    import asyncpg
+
+    from cobalt_async.sinks import PostgresSink
+
+    raw = await asyncpg.connect(dsn)
+    stack.push_async_callback(raw.close)
+    sink = PostgresSink(dsn, schema=schema)
+    await sink.migrate()  # not inside the first timed write
+
+    async def write(job_id: str) -> object:
+        return await raw.execute("SELECT pg_notify($1, $2)", channel, job_id)
+
+    return sink, write
+
+
+_STORES = {"redis": redis_store, "sqlite": sqlite_store, "postgres": postgres_store}
+
+
 async def serve(store: str, *args: str) -> None:
     async with AsyncExitStack() as stack:
-        if store == "redis":
-            sink, raw_write = await redis_store(stack, *args)
-        else:
-            sink, raw_write = await sqlite_store(stack, *args)
+        sink, raw_write = await _STORES[store](stack, *args)
         stack.push_async_callback(sink.aclose)
         receiver = WebhookReceiver(sink, secrets=[WEBHOOK_SECRET])
         stdin = anyio.wrap_file(sys.stdin)

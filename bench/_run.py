@@ -9,7 +9,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import anyio
 
-from . import _ingest, _memory, _requests, _scaling, _submit, _wakeup
+from . import _ingest, _memory, _requests, _scaling, _stores, _submit, _wakeup
 from ._common import Metric, Sizes
 
 Measure = Callable[[Sizes], Awaitable[Metric]]
@@ -21,6 +21,8 @@ METRICS: dict[str, Measure] = {
     "wakeup": _wakeup.measure_inprocess,
     "wakeup_redis": _wakeup.measure_redis,
     "wakeup_sqlite": _wakeup.measure_sqlite,
+    "wakeup_postgres": _wakeup.measure_postgres,
+    "stores_postgres": _stores.measure,
     "scaling": _scaling.measure,
     "requests": _requests.measure,
 }

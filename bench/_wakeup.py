@@ -2,8 +2,9 @@
 Metric 4: wake-up latency, from ``receive()`` returning to the awaiting coroutine running.
 
 In-process (InMemorySink) against an ``anyio.Event`` set -> wake; across processes, with a
-publisher subprocess: RedisSink against a raw redis-py ``XADD`` -> ``XREAD`` wake, and
-SQLiteSink against a bare ``INSERT`` into the same file -> a poll at the sink's interval.
+publisher subprocess: RedisSink against a raw redis-py ``XADD`` -> ``XREAD`` wake,
+SQLiteSink against a bare ``INSERT`` into the same file -> a poll at the sink's interval, and
+PostgresSink against a bare asyncpg ``NOTIFY`` -> ``LISTEN`` callback.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, TypeAlias
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import Process
+from anyio.abc import Process, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from cobalt_async import CobaltClient, InMemorySink, SQLiteSink, WebhookReceiver
@@ -40,7 +41,7 @@ from ._common import (
     until,
 )
 from ._ingest import deliveries
-from ._procs import redis_server, redis_server_binary
+from ._procs import postgres_bin_dir, postgres_server, redis_server, redis_server_binary
 
 NAME = "wakeup_inprocess"
 TITLE = "receive() returned -> `await handle` resumes, InMemorySink, vs anyio.Event set -> wake"
@@ -57,10 +58,19 @@ SQLITE_TITLE = (
     "vs a bare INSERT issued -> a poll every poll_interval saw it"
 )
 SQLITE_TARGET = Target("value", "<=", 50.0)
+POSTGRES_NAME = "wakeup_postgres"
+POSTGRES_TITLE = (
+    "receive() returned in process A -> `await handle` resumes in process B via PostgresSink, "
+    "vs bare NOTIFY issued -> LISTEN callback ran"
+)
+POSTGRES_TARGET = Target("ratio", "<=", 2.0)
 UNIT = "ms p99"
 
-RawListener: TypeAlias = Callable[[dict[str, int]], Awaitable[None]]
-"""Records, by job id, when this process noticed each bare write of the publisher."""
+RawListener: TypeAlias = Callable[..., Awaitable[None]]
+"""
+``listen(woken, *, task_status)``: records, by job id, when this process noticed each bare
+write of the publisher; started once no write can be missed any more.
+"""
 
 
 def client_for(sink: Sink) -> CobaltClient:
@@ -191,11 +201,14 @@ class _Publisher:
         return int(issued), int(returned)
 
 
-async def _raw_listener(url: str, stream: str, woken: dict[str, int]) -> None:
+async def _raw_listener(
+    url: str, stream: str, woken: dict[str, int], *, task_status: TaskStatus[None]
+) -> None:
     import redis.asyncio as redis
 
     listener = redis.Redis.from_url(url)
     cursor: bytes | str = "0-0"  # a new stream: read it from its start
+    task_status.started()
     try:
         while True:
             reply: Any = await listener.xread({stream: cursor}, block=0)
@@ -252,7 +265,7 @@ async def cross_process_samples(
         publisher = _Publisher(process)
         if await publisher.readline() != b"ready":
             raise RuntimeError("the publisher process did not start")
-        task_group.start_soon(raw_listener, woken)
+        await task_group.start(raw_listener, woken)
         warm_up = min(20, samples)
         for index in range(samples + warm_up):  # the first ones warm up
             for mode in ("handle", "sink", "raw"):
@@ -289,8 +302,8 @@ async def redis_samples(url: str, samples: int) -> dict[str, list[float]]:
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     raw_stream = f"bench-raw-{namespace}"
 
-    async def raw_listener(woken: dict[str, int]) -> None:
-        await _raw_listener(url, raw_stream, woken)
+    async def raw_listener(woken: dict[str, int], *, task_status: TaskStatus[None]) -> None:
+        await _raw_listener(url, raw_stream, woken, task_status=task_status)
 
     sink = RedisSink(url, namespace=namespace)
     return await cross_process_samples(
@@ -305,25 +318,45 @@ async def measure_redis(sizes: Sizes) -> Metric:
     with redis_server() as url:
         ping = await _ping_rtt(url, 500)
         results = await redis_samples(url, sizes.redis_samples)
-    handle, direct, raw = results["handle"], results["sink"], results["raw"]
-    whole = results["handle+receive"]
-    return Metric(
+    return _cross_process_metric(
         REDIS_NAME,
         REDIS_TITLE,
+        REDIS_TARGET,
+        "raw XADD issued->XREAD woke",
+        results,
+        **{
+            "redis PING round-trip p50 ms": percentile(ping, 50) * 1e3,
+            "redis PING round-trip p99 ms": percentile(ping, 99) * 1e3,
+        },
+    )
+
+
+def _cross_process_metric(
+    name: str,
+    title: str,
+    target: Target,
+    baseline: str,
+    results: dict[str, list[float]],
+    **details: float,
+) -> Metric:
+    """The metric of :func:`cross_process_samples`: the SDK's p99 against the raw write's."""
+    handle, raw = results["handle"], results["raw"]
+    return Metric(
+        name,
+        title,
         percentile(handle, 99) * 1e3,
         percentile(raw, 99) * 1e3,
         UNIT,
-        REDIS_TARGET,
+        target,
         value_label="SDK p99",
-        baseline_label="raw XADD issued->XREAD woke p99",
+        baseline_label=f"{baseline} p99",
         details={
             "samples each": len(handle),
             **_summary("SDK (await handle)", handle),
-            **_summary("sink.wait_for alone", direct),
-            **_summary("SDK from receive() called", whole),
-            **_summary("raw XADD issued->XREAD woke", raw),
-            "redis PING round-trip p50 ms": percentile(ping, 50) * 1e3,
-            "redis PING round-trip p99 ms": percentile(ping, 99) * 1e3,
+            **_summary("sink.wait_for alone", results["sink"]),
+            **_summary("SDK from receive() called", results["handle+receive"]),
+            **_summary(baseline, raw),
+            **details,
             "p50 ratio": median(handle) / median(raw),
         },
     )
@@ -333,11 +366,12 @@ async def measure_redis(sizes: Sizes) -> Metric:
 
 
 async def _raw_sqlite_listener(
-    path: str, table: str, interval: float, woken: dict[str, int]
+    path: str, table: str, interval: float, woken: dict[str, int], *, task_status: TaskStatus[None]
 ) -> None:
     """The bare mechanism SQLiteSink's listener rides on: poll the table from a thread."""
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     cursor = 0
+    task_status.started()  # from the table's first row: nothing written can be missed
 
     def poll() -> list[tuple[int, str]]:
         query = f"SELECT seq, job FROM {table} WHERE seq > ? ORDER BY seq"
@@ -362,8 +396,8 @@ async def sqlite_samples(path: str, samples: int) -> dict[str, list[float]]:
         connection.execute(f"CREATE TABLE {table} (seq INTEGER PRIMARY KEY, job TEXT)")
     sink = SQLiteSink(path)
 
-    async def raw_listener(woken: dict[str, int]) -> None:
-        await _raw_sqlite_listener(path, table, sink.poll_interval, woken)
+    async def raw_listener(woken: dict[str, int], *, task_status: TaskStatus[None]) -> None:
+        await _raw_sqlite_listener(path, table, sink.poll_interval, woken, task_status=task_status)
 
     return await cross_process_samples(sink, ["sqlite", path, table], raw_listener, samples)
 
@@ -373,23 +407,58 @@ async def measure_sqlite(sizes: Sizes) -> Metric:
         results = await sqlite_samples(
             os.path.join(directory, "bench.sqlite"), sizes.sqlite_samples
         )
-    handle, direct, raw = results["handle"], results["sink"], results["raw"]
-    whole = results["handle+receive"]
-    return Metric(
-        SQLITE_NAME,
-        SQLITE_TITLE,
-        percentile(handle, 99) * 1e3,
-        percentile(raw, 99) * 1e3,
-        UNIT,
-        SQLITE_TARGET,
-        value_label="SDK p99",
-        baseline_label="bare INSERT issued->poll saw it p99",
-        details={
-            "samples each": len(handle),
-            **_summary("SDK (await handle)", handle),
-            **_summary("sink.wait_for alone", direct),
-            **_summary("SDK from receive() called", whole),
-            **_summary("bare INSERT issued->poll saw it", raw),
-            "p50 ratio": median(handle) / median(raw),
-        },
+    return _cross_process_metric(
+        SQLITE_NAME, SQLITE_TITLE, SQLITE_TARGET, "bare INSERT issued->poll saw it", results
+    )
+
+
+# Across processes, through PostgreSQL.
+
+
+async def _raw_postgres_listener(
+    dsn: str, channel: str, woken: dict[str, int], *, task_status: TaskStatus[None]
+) -> None:
+    import asyncpg
+
+    listener = await asyncpg.connect(dsn)
+
+    def notified(_connection: object, _pid: int, _channel: str, payload: str) -> None:
+        woken[payload] = time.monotonic_ns()
+
+    try:
+        await listener.add_listener(channel, notified)
+        task_status.started()  # LISTEN is in effect: no notification can be missed now
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await listener.close()
+
+
+async def postgres_samples(dsn: str, samples: int) -> dict[str, list[float]]:
+    from cobalt_async.sinks import PostgresSink
+
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    channel = f"bench_raw_{schema}"
+
+    async def raw_listener(woken: dict[str, int], *, task_status: TaskStatus[None]) -> None:
+        await _raw_postgres_listener(dsn, channel, woken, task_status=task_status)
+
+    sink = PostgresSink(dsn, schema=schema)
+    return await cross_process_samples(
+        sink, ["postgres", dsn, schema, channel], raw_listener, samples
+    )
+
+
+async def measure_postgres(sizes: Sizes) -> Metric:
+    if postgres_bin_dir() is None:
+        reason = "skipped: no PostgreSQL initdb on PATH (apt-get install postgresql)"
+        return skipped(POSTGRES_NAME, POSTGRES_TITLE, UNIT, POSTGRES_TARGET, reason)
+    with postgres_server() as dsn:
+        results = await postgres_samples(dsn, sizes.redis_samples)
+    return _cross_process_metric(
+        POSTGRES_NAME,
+        POSTGRES_TITLE,
+        POSTGRES_TARGET,
+        "bare NOTIFY issued->LISTEN callback",
+        results,
     )

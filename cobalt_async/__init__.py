@@ -1,5 +1,8 @@
 """Async Python SDK for Cobalt's EHR task API: submit tasks and notes, await their outcome."""
 
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
 from ._batch import BatchProgress, Completed, WaitResult, as_completed, wait_all
 from ._client import CobaltClient
 from ._config import NOT_GIVEN, PollPolicy
@@ -49,6 +52,9 @@ from .models import (
 )
 from .sinks import InMemorySink, Sink, SinkStats, SQLiteSink
 
+if _TYPE_CHECKING:
+    from .sinks import PostgresSink
+
 __all__ = [
     "NOT_GIVEN",
     "APIError",
@@ -79,6 +85,7 @@ __all__ = [
     "PatientLiveFetchCompletedEvent",
     "PatientTask",
     "PollPolicy",
+    "PostgresSink",
     "RateLimitError",
     "Receipt",
     "Reconciliation",
@@ -107,8 +114,13 @@ __all__ = [
     "wait_all",
 ]
 
+_LAZY = frozenset({"PostgresSink"})
+"""Exports that need an extra, imported when first asked for."""
+
 # Tracebacks and reprs name the public path, not the private module.
 for _name in __all__:
+    if _name in _LAZY:
+        continue
     _obj = globals()[_name]
     if "._" in getattr(_obj, "__module__", "").removeprefix("cobalt_async"):
         try:
@@ -116,5 +128,18 @@ for _name in __all__:
         except (AttributeError, TypeError):
             pass
 del _name, _obj
+
+
+def __getattr__(name: str) -> _Any:
+    if name in _LAZY:
+        from . import sinks
+
+        value = getattr(sinks, name)  # an ImportError naming the extra when it is missing
+        value.__module__ = __name__
+        globals()[name] = value
+        return value
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
 
 _configure_logs_from_environment()

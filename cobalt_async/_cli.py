@@ -1,9 +1,10 @@
-"""The command line: ``python -m cobalt_async demo | simulate | listen | verify``."""
+"""The command line: ``python -m cobalt_async demo | simulate | listen | verify | db``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ examples:
   python -m cobalt_async listen --forward-to http://127.0.0.1:8000/webhooks/cobalt \\
       --secret whsec_test
   python -m cobalt_async verify --secret whsec_test --signature 5f0c... --body-file body.json
+  python -m cobalt_async db migrate --database-url postgresql://app@db:5432/app
   python -m cobalt_async COMMAND --help
 """
 _DEMO_EXAMPLES = """\
@@ -52,6 +54,11 @@ _VERIFY_EXAMPLES = """\
 examples:
   python -m cobalt_async verify --secret whsec_test --signature 5f0c... --body-file body.json
   cat body.json | python -m cobalt_async verify --secret whsec_test --signature 5f0c...
+"""
+_DB_EXAMPLES = """\
+examples:
+  python -m cobalt_async db migrate --database-url postgresql://app@db:5432/app
+  DATABASE_URL=postgresql://app@db:5432/app python -m cobalt_async db migrate --schema cobalt
 """
 
 
@@ -176,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     demo.add_argument(
         "--sink",
-        choices=("memory", "sqlite", "redis"),
+        choices=("memory", "sqlite", "redis", "postgres"),
         default="memory",
         help="where outcomes meet waiters: the receiver stores into one instance and the client "
         "waits on another, as two workers would (memory: one shared instance)",
@@ -253,6 +260,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--signature", required=True, help="the cobalt-verification header (hex)")
     verify.add_argument("--body-file", help="the raw body; standard input when absent")
+
+    db = commands.add_parser(
+        "db", help="PostgresSink's tables: create or upgrade them", epilog=_DB_EXAMPLES,
+        formatter_class=raw,
+    )  # fmt: skip
+    db_commands = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    migrate = db_commands.add_parser(
+        "migrate",
+        help="create or upgrade the schema PostgresSink keeps its tables in",
+        epilog=_DB_EXAMPLES,
+        formatter_class=raw,
+    )
+    migrate.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL"),
+        help="postgresql://user:password@host:5432/database (default: $DATABASE_URL)",
+    )
+    migrate.add_argument("--schema", default="cobalt", help="the sink's schema (cobalt)")
     return parser
 
 
@@ -269,6 +294,8 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "verify":
         return _verify(args)
+    if args.command == "db":
+        return _migrate(args)
     try:
         # The server commands need the cli extra (uvicorn, rich): imported only when run.
         from ._commands import listen, simulate
@@ -323,4 +350,45 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"invalid: {exc}", file=sys.stderr)
         return 1
     print(f"valid: {event.type} job_id={event.job_id}")
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from ._errors import ConfigurationError, SinkUnavailableError
+
+    if args.database_url is None:
+        print(
+            "cobalt-async db migrate: error: give --database-url, or set DATABASE_URL (see --help)",
+            file=sys.stderr,
+        )
+        return 2
+    # The sink logs an outage as it starts and ends; here the one error line says it all.
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        from .sinks import PostgresSink
+
+        # A migration may wait on another one, or on a slow server: more than a command.
+        sink = PostgresSink(args.database_url, schema=args.schema, command_timeout=30.0)
+    except (ImportError, ConfigurationError) as exc:
+        print(f"cobalt-async db migrate: {exc}", file=sys.stderr)
+        return 2
+
+    async def migrate() -> tuple[int, int]:
+        try:
+            return await sink.migrate()
+        finally:
+            await sink.aclose()
+
+    try:
+        before, after = anyio.run(migrate, backend="asyncio")
+    except SinkUnavailableError as exc:
+        print(f"cobalt-async db migrate: {exc}", file=sys.stderr)
+        return 1
+    if before == after:
+        done = "already current"
+    elif before == 0:
+        done = "created"
+    else:
+        done = f"upgraded from version {before}"
+    print(f"schema {args.schema!r} at {sink.host}: version {after}, {done}")
     return 0

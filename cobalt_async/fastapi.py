@@ -261,8 +261,9 @@ def cobalt_lifespan(
             ``RedisSink`` if *redis_url* is given, the sink *database_url* names if that is,
             else an ``InMemorySink`` when a webhook secret is configured, else ``None``.
         redis_url: Build a ``RedisSink(redis_url)``, shared by every worker and pod.
-        database_url: Build the sink this URL names (``sink_from_url``): a ``SQLiteSink``
-            for ``sqlite:///path``, shared by the workers of one host.
+        database_url: Build the sink this URL names (``sink_from_url``): a ``PostgresSink``
+            for ``postgresql://...``, a ``SQLiteSink`` for ``sqlite:///path`` (the workers
+            of one host).
         on_event: Hook run for every new webhook event, after Cobalt was answered.
         max_body_bytes: Bigger webhook bodies are refused with 413.
         lifespan: Your own lifespan, run inside this one (the client is open in it).

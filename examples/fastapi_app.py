@@ -8,8 +8,9 @@ Configuration comes from the environment, read when the app starts:
 - ``COBALT_BASE_URL``, ``COBALT_CLIENT_ID``, ``COBALT_CLIENT_SECRET``, ``COBALT_ACCESS_TOKEN``;
 - ``COBALT_WEBHOOK_SECRET``: Cobalt delivers webhooks to ``POST /webhooks/cobalt``;
 - ``REDIS_URL`` or ``DATABASE_URL`` (optional, one of them): the sink every worker shares,
-  a ``RedisSink`` for ``redis://...``, a ``SQLiteSink`` for ``sqlite:///path`` (the workers
-  of one host); without either an ``InMemorySink``, which is right for one worker only.
+  a ``RedisSink`` for ``redis://...``, a ``PostgresSink`` for ``postgresql://...``, a
+  ``SQLiteSink`` for ``sqlite:///path`` (the workers of one host); without either an
+  ``InMemorySink``, which is right for one worker only.
 
 ``POST /tasks`` answers:
 

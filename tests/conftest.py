@@ -7,7 +7,7 @@ import pytest
 from cobalt_async import InMemorySink
 from tests.support import FakeClock, fake_clock
 
-pytest_plugins = ["tests._redis_server", "tests._redis_cluster"]
+pytest_plugins = ["tests._redis_server", "tests._redis_cluster", "tests._postgres_server"]
 
 CONFIGURATION_VARIABLES = [
     "COBALT_CLIENT_ID",
@@ -15,6 +15,7 @@ CONFIGURATION_VARIABLES = [
     "COBALT_ACCESS_TOKEN",
     "COBALT_BASE_URL",
     "COBALT_WEBHOOK_SECRET",
+    "DATABASE_URL",
     "REDIS_URL",
     "WEB_CONCURRENCY",
 ]

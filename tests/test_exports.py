@@ -20,7 +20,10 @@ PUBLIC_SUBMODULES = [
     "cobalt_async.sinks",
     "cobalt_async.testing",
 ]
-OPTIONAL_EXPORTS = {"cobalt_async.sinks": {"RedisSink": "redis"}}
+OPTIONAL_EXPORTS = {
+    "cobalt_async": {"PostgresSink": "asyncpg"},
+    "cobalt_async.sinks": {"PostgresSink": "asyncpg", "RedisSink": "redis"},
+}
 """Names that need an extra: importing them without it must fail with an install hint."""
 
 
@@ -29,10 +32,16 @@ def export_order(name: str) -> tuple[bool, str]:
     return (not name.isupper(), name)
 
 
+def installed(module_name: str, name: str) -> bool:
+    """Whether *name* of *module_name* can be imported here (its extra, if any, is installed)."""
+    package = OPTIONAL_EXPORTS.get(module_name, {}).get(name)
+    return package is None or importlib.util.find_spec(package) is not None
+
+
 def _exported_classes() -> list[object]:
     params = []
     for name in cobalt_async.__all__:
-        if not inspect.isclass(getattr(cobalt_async, name)):
+        if not installed("cobalt_async", name) or not inspect.isclass(getattr(cobalt_async, name)):
             continue
         params.append(pytest.param(name, id=name))
     return params
@@ -54,11 +63,14 @@ class TestRootPackage:
             if not name.startswith("_") and not isinstance(value, types.ModuleType)
         }
 
-        assert public == set(cobalt_async.__all__) - {"__version__"}
+        # Names behind an extra are there once asked for.
+        assert public | cobalt_async._LAZY == set(cobalt_async.__all__) - {"__version__"}
 
     @pytest.mark.parametrize("name", cobalt_async.__all__)
     def test_every_name_is_importable(self, name: str) -> None:
         """`from cobalt_async import <name>` works for each exported name."""
+        if not installed("cobalt_async", name):
+            pytest.skip(f"{name} needs an extra that is not installed")
         namespace: dict[str, object] = {}
 
         exec(f"from cobalt_async import {name}", namespace)
@@ -99,23 +111,43 @@ class TestPublicSubmodules:
     def test_every_name_resolves(self, module_name: str) -> None:
         """Each name in a submodule's __all__ is an attribute of that module."""
         module = importlib.import_module(module_name)
-        optional = OPTIONAL_EXPORTS.get(module_name, {})
 
         for name in module.__all__:
-            if name in optional and importlib.util.find_spec(optional[name]) is None:
-                continue
-            assert getattr(module, name) is not None
+            if installed(module_name, name):
+                assert getattr(module, name) is not None
 
+    @pytest.mark.parametrize(
+        ("name", "package", "module", "extra"),
+        [
+            ("RedisSink", "redis", "_redis", "redis"),
+            ("PostgresSink", "asyncpg", "_postgres", "postgres"),
+        ],
+    )
     def test_optional_export_without_its_extra_names_the_extra(
-        self, monkeypatch: pytest.MonkeyPatch
+        self, monkeypatch: pytest.MonkeyPatch, name: str, package: str, module: str, extra: str
     ) -> None:
-        """RedisSink without redis-py raises ImportError with the pip install hint."""
-        monkeypatch.setitem(sys.modules, "redis", None)
-        monkeypatch.delitem(sys.modules, "cobalt_async.sinks._redis", raising=False)
+        """A sink without its driver raises ImportError with the pip install hint."""
+        monkeypatch.setitem(sys.modules, package, None)
+        monkeypatch.delitem(sys.modules, f"cobalt_async.sinks.{module}", raising=False)
         sinks = importlib.import_module("cobalt_async.sinks")
 
-        with pytest.raises(ImportError, match=r"cobalt-async\[redis\]"):
-            sinks.RedisSink  # noqa: B018
+        with pytest.raises(ImportError, match=rf"cobalt-async\[{extra}\]"):
+            getattr(sinks, name)
+
+    def test_postgres_sink_at_the_root_without_asyncpg_names_the_extra(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``from cobalt_async import PostgresSink`` says what to install, too."""
+        monkeypatch.setitem(sys.modules, "asyncpg", None)
+        monkeypatch.delitem(sys.modules, "cobalt_async.sinks._postgres", raising=False)
+        monkeypatch.delitem(vars(cobalt_async), "PostgresSink", raising=False)
+
+        with pytest.raises(ImportError, match=r"cobalt-async\[postgres\]"):
+            cobalt_async.PostgresSink  # noqa: B018
+
+    def test_unknown_attribute_of_the_root_is_an_attribute_error(self) -> None:
+        with pytest.raises(AttributeError, match="NoSuchThing"):
+            cobalt_async.NoSuchThing  # type: ignore[attr-defined]  # noqa: B018
 
     def test_unknown_attribute_of_sinks_is_an_attribute_error(self) -> None:
         """The lazy loader does not turn every missing name into an import."""

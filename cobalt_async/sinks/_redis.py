@@ -20,7 +20,6 @@ its outcome was stored before it registered, and the stream will not announce it
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -39,7 +38,16 @@ from redis.exceptions import AskError, MovedError, RedisClusterException, RedisE
 from .._errors import ConfigurationError, SinkUnavailableError
 from .._outcome import Outcome, PendingJob
 from ._base import Sink, StoreStats, same_event
-from ._shared import Outage, Rereads, backoff, decode_outcome, encode_outcome
+from ._shared import (
+    Outage,
+    Rereads,
+    backoff,
+    decode_outcome,
+    decode_pending,
+    encode_outcome,
+    encode_pending,
+    not_open,
+)
 
 logger = logging.getLogger("cobalt_async.sinks.redis")
 
@@ -152,7 +160,7 @@ class RedisSink(Sink):
         self._admission = anyio.Semaphore(max_connections)
         self._commands: set[asyncio.Task[Any]] = set()
         self._armed = anyio.Event()
-        self._reread = Rereads(recheck_interval, logger)
+        self._rereads = Rereads(recheck_interval, logger)
         self._reconnects = 0
         self._outage = Outage("Redis", logger)
         self._epoch_key = f"{self._prefix}:epoch"
@@ -178,7 +186,7 @@ class RedisSink(Sink):
         except SinkUnavailableError:
             # A wait whose store read failed may have missed an outcome stored before it
             # registered: have every pending job re-read once Redis answers again.
-            self._reread.ask()
+            self._rereads.ask()
             raise
         return {
             job_id: decode_outcome(value)
@@ -262,9 +270,7 @@ class RedisSink(Sink):
     # Pending registry.
 
     async def add_pending(self, job: PendingJob) -> None:
-        entry = json.dumps(
-            {"kind": job.kind, "submitted_at": job.submitted_at, "deadline": job.deadline}
-        )
+        entry = encode_pending(job)
         forget_at = job.submitted_at + self.outcome_ttl
         keys = [self._pending_key, self._expiry_key]
         await self._call(self._register_script, keys=keys, args=[job.job_id, entry, forget_at])
@@ -279,7 +285,7 @@ class RedisSink(Sink):
     async def list_pending(self) -> list[PendingJob]:
         await self._forget_expired()
         entries = await self._call(self._redis.hgetall, self._pending_key)
-        jobs = [_pending_job(job_id.decode(), raw) for job_id, raw in entries.items()]
+        jobs = [decode_pending(job_id.decode(), raw) for job_id, raw in entries.items()]
         return sorted(jobs, key=lambda job: job.submitted_at)
 
     async def _forget_expired(self) -> None:
@@ -291,22 +297,18 @@ class RedisSink(Sink):
 
     async def armed(self) -> None:
         if self._task_group is None:
-            msg = (
-                "RedisSink is not open: use `async with sink:` or "
-                "`async with CobaltClient(sink=sink)` before awaiting handles"
-            )
-            raise ConfigurationError(msg)
+            raise not_open(type(self).__name__)
         await self._armed.wait()
 
     def start_background(self, task_group: TaskGroup) -> None:
         task_group.start_soon(self._listen)
-        task_group.start_soon(self._reread.serve, self.recheck)
+        task_group.start_soon(self._rereads.serve, self.recheck)
 
     async def aclose(self) -> None:
         """Close Redis connections (the listener stops when the last user leaves)."""
         if self._task_group is None:
             self._armed = anyio.Event()
-            self._reread.reset()
+            self._rereads.reset()
             # Commands whose callers gave up finish under their socket timeouts first.
             with anyio.move_on_after(3 * self.command_timeout):
                 await asyncio.gather(*self._commands, return_exceptions=True)
@@ -346,11 +348,11 @@ class RedisSink(Sink):
                     await listener.ping()
                 if await self._lost_data(listener):
                     cursor = b"0-0"  # the stream went with the rest: read the new one whole
-                    self._reread.ask()
+                    self._rereads.ask()
                 if failures:
                     # Reconnected: whatever the stream no longer holds is in the store.
                     self._reconnects += 1
-                    self._reread.ask()
+                    self._rereads.ask()
                     failures = 0
                 while True:
                     cursor = await self._read(listener, cursor)
@@ -472,8 +474,3 @@ async def _close_quietly(client: redis.Redis) -> None:
         await client.aclose()
     except (RedisError, OSError) as exc:
         logger.debug("closing a Redis listener connection failed: %s", exc)
-
-
-def _pending_job(job_id: str, raw: bytes) -> PendingJob:
-    entry = json.loads(raw)
-    return PendingJob(job_id, entry["kind"], entry["submitted_at"], entry.get("deadline"))

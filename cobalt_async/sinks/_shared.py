@@ -1,6 +1,7 @@
 """
-What the sinks whose store lives outside the process share: the encoding of an outcome, the
-reporting of an outage, the re-read of every pending job, and the retry backoff.
+What the sinks whose store lives outside the process share: the encoding of an outcome and of
+a pending entry, the reporting of an outage, the re-read of every pending job, the retry
+backoff, and the error of a wait on a sink not open.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from .._errors import SinkUnavailableError
-from .._outcome import Outcome
+from .._errors import ConfigurationError, SinkUnavailableError
+from .._outcome import Outcome, PendingJob
 from ..models import JobEvent, parse_event
 
 
@@ -31,6 +32,28 @@ def decode_outcome(value: bytes | str) -> Outcome:
     stored = json.loads(value)
     event: JobEvent = parse_event(stored["event"])  # type: ignore[assignment]
     return Outcome(event, stored.get("via", "webhook"), stored.get("trace"))
+
+
+def encode_pending(job: PendingJob) -> str:
+    """A pending-registry entry, without its job id (the key it is stored under)."""
+    return json.dumps(
+        {"kind": job.kind, "submitted_at": job.submitted_at, "deadline": job.deadline}
+    )
+
+
+def decode_pending(job_id: str, value: bytes | str) -> PendingJob:
+    """The entry :func:`encode_pending` encoded, for *job_id*."""
+    entry = json.loads(value)
+    return PendingJob(job_id, entry["kind"], entry["submitted_at"], entry.get("deadline"))
+
+
+def not_open(sink: str) -> ConfigurationError:
+    """The error of a wait on a sink whose listener is not running."""
+    msg = (
+        f"{sink} is not open: use `async with sink:` or "
+        "`async with CobaltClient(sink=sink)` before awaiting handles"
+    )
+    return ConfigurationError(msg)
 
 
 def backoff(failures: int) -> float:

@@ -40,7 +40,7 @@ from anyio.abc import TaskGroup
 from .._errors import ConfigurationError, SinkUnavailableError
 from .._outcome import Outcome, PendingJob
 from ._base import Sink, StoreStats
-from ._shared import Outage, Rereads, backoff, decode_outcome, encode_outcome
+from ._shared import Outage, Rereads, backoff, decode_outcome, encode_outcome, not_open
 
 logger = logging.getLogger("cobalt_async.sinks.sqlite")
 
@@ -242,11 +242,7 @@ class SQLiteSink(Sink):
 
     async def armed(self) -> None:
         if self._task_group is None:
-            msg = (
-                "SQLiteSink is not open: use `async with sink:` or "
-                "`async with CobaltClient(sink=sink)` before awaiting handles"
-            )
-            raise ConfigurationError(msg)
+            raise not_open(type(self).__name__)
         await self._armed.wait()
         # No await from here to the wait's registration: a listener that found nothing
         # pending either gets this, or finds the wait registered.

@@ -10,16 +10,18 @@ from ._base import Sink
 from ._memory import InMemorySink
 
 if TYPE_CHECKING:
+    from ._postgres import PostgresSink
     from ._redis import RedisSink
 
-_SCHEMES = "redis://, rediss://, sqlite:///path, memory://"
+_SCHEMES = "postgresql://, postgres://, redis://, rediss://, sqlite:///path, memory://"
 
 
 def sink_from_url(url: str) -> Sink:
     """
     The sink *url* names, by its scheme.
 
-    ``redis://`` and ``rediss://`` build a ``RedisSink``; ``sqlite:///relative/path`` and
+    ``postgresql://`` and ``postgres://`` build a ``PostgresSink``, ``redis://`` and
+    ``rediss://`` a ``RedisSink``; ``sqlite:///relative/path`` and
     ``sqlite:////absolute/path`` (SQLAlchemy's form) a ``SQLiteSink``; ``memory://`` an
     ``InMemorySink``, for one process.
 
@@ -27,6 +29,8 @@ def sink_from_url(url: str) -> Sink:
         ConfigurationError: The scheme is none of these, or the URL names no file.
     """
     scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    if scheme in ("postgresql", "postgres"):
+        return postgres_sink_class()(url)
     if scheme in ("redis", "rediss"):
         return redis_sink_class()(url)
     if scheme == "sqlite":
@@ -47,6 +51,16 @@ def redis_sink_class() -> type[RedisSink]:
         msg = "RedisSink needs redis-py: pip install 'cobalt-async[redis]'"
         raise ImportError(msg) from exc
     return RedisSink
+
+
+def postgres_sink_class() -> type[PostgresSink]:
+    """``PostgresSink``, imported when asked for: it needs the optional asyncpg."""
+    try:
+        from ._postgres import PostgresSink
+    except ImportError as exc:
+        msg = "PostgresSink needs asyncpg: pip install 'cobalt-async[postgres]'"
+        raise ImportError(msg) from exc
+    return PostgresSink
 
 
 def _sqlite(url: str) -> Sink:

@@ -98,6 +98,7 @@ def cobalt(events: Callable[[str], list[dict[str, Any]]] | None = None) -> httpx
 
 
 def client_for(sink: Sink, **kwargs: Any) -> CobaltClient:
+    """A client of *sink* on :func:`cobalt`, polling only after a minute of silence."""
     kwargs.setdefault("transport", cobalt())
     kwargs.setdefault("poll", PollPolicy(silence=60.0, max_silence=60.0))
     return CobaltClient(client_id="id", client_secret="secret", access_token="token", sink=sink,

@@ -2,8 +2,9 @@
 A worker process for the multi-process sink tests (run with ``sys.executable``).
 
 It plays one pod of an application: a ``CobaltClient`` whose sink is a ``RedisSink`` on the
-given namespace (``--sink redis``) or a ``SQLiteSink`` on the given file (``--sink sqlite``),
-and a ``WebhookReceiver`` on the same sink. Cobalt itself is an
+given namespace (``--sink redis``), a ``SQLiteSink`` on the given file (``--sink sqlite``) or a
+``PostgresSink`` on the given schema (``--sink postgres``, ``--url`` its DSN, ``--namespace``
+its schema), and a ``WebhookReceiver`` on the same sink. Cobalt itself is an
 ``httpx.MockTransport``. The test drives it with JSON lines on stdin and reads JSON lines
 on stdout; every reply echoes the command's ``tag``.
 
@@ -71,6 +72,10 @@ def _write(line: str) -> None:
 def make_sink(args: argparse.Namespace) -> Sink:
     if args.sink == "sqlite":
         return SQLiteSink(args.path, recheck_interval=args.recheck)
+    if args.sink == "postgres":
+        from cobalt_async.sinks import PostgresSink  # needs asyncpg
+
+        return PostgresSink(args.url, schema=args.namespace, recheck_interval=args.recheck)
     from cobalt_async.sinks import RedisSink  # needs redis-py: only for the Redis tests
 
     return RedisSink(
@@ -236,9 +241,9 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sink", choices=["redis", "sqlite"], required=True)
-    parser.add_argument("--url", help="Redis")
-    parser.add_argument("--namespace", help="Redis")
+    parser.add_argument("--sink", choices=["redis", "sqlite", "postgres"], required=True)
+    parser.add_argument("--url", help="Redis URL, or PostgreSQL DSN")
+    parser.add_argument("--namespace", help="Redis namespace, or PostgreSQL schema")
     parser.add_argument("--path", help="SQLite")
     parser.add_argument("--secret", required=True)
     parser.add_argument("--silence", type=float, default=60.0)

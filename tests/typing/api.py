@@ -31,6 +31,7 @@ from cobalt_async import (
     PatientLiveFetchCompletedEvent,
     PatientTask,
     PollPolicy,
+    PostgresSink,
     RateLimitError,
     Receipt,
     ReplaySummary,
@@ -226,6 +227,16 @@ async def webhook_events(client: CobaltClient, receiver: WebhookReceiver) -> Non
     await client.webhook_events.replay(since=date(2026, 1, 1), into=receiver.sink)  # type: ignore[arg-type]
     receipt = await receiver.receive_event(page.events[0], via="poll")
     assert_type(receipt, Receipt)
+
+
+async def postgres() -> None:
+    sink = PostgresSink("postgresql://app@db:5432/app", schema="cobalt", outcome_ttl=3600)
+    assert_type(await sink.migrate(), tuple[int, int])
+    assert_type(await sink.delete_expired(), int)
+    assert_type(sink.host, str)
+    async with CobaltClient(sink=sink) as client:
+        assert_type(client, CobaltClient)
+    PostgresSink("postgresql://app@db/app", namespace="cobalt")  # type: ignore[call-arg]
 
 
 async def testing() -> None:
