@@ -48,6 +48,7 @@ REDIS_TITLE = (
 REDIS_TARGET = Target("value", "<=", 5.0)
 UNIT = "ms p99"
 
+
 def client_for(sink: Sink) -> CobaltClient:
     return offline_client(sink, poll=NO_POLL, job_timeout=None)
 

@@ -12,17 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._errors import (
-    CobaltError,
-    JobFailedError,
-    JobTimeoutError,
-    MalformedEventError,
-    RateLimitError,
-)
-from ._handles import JobHandle, JobStatus
+from ._errors import CobaltError, RateLimitError
+from ._handles import JobHandle, JobStatus, OutcomeSource
 from ._http import MAX_RETRY_AFTER
+from ._outcome import Outcome
 
 logger = logging.getLogger("cobalt_async.batch")
 
@@ -30,6 +26,8 @@ R = TypeVar("R")
 H = TypeVar("H", bound=JobHandle[Any])
 
 DEFAULT_CONCURRENCY = 32
+_YIELD_EVERY = 256
+"""``as_completed`` yields to the event loop at least once per this many handles."""
 MAX_RATE_LIMIT_RETRIES = 8
 
 
@@ -199,16 +197,49 @@ class WaitResult(Generic[H]):
         return [handle.job_id for handle in self.pending]
 
 
-async def _settle(handle: JobHandle[Any], deadline: float) -> JobStatus:
-    """Wait for *handle* until *deadline*; what it knows then (PENDING: nothing yet)."""
-    timeout = None if deadline == math.inf else max(0.0, deadline - anyio.current_time())
-    try:
-        await handle.wait(timeout=timeout)
-    except (JobFailedError, MalformedEventError):
-        return handle.status
-    except JobTimeoutError:
-        return JobStatus.PENDING
-    return JobStatus.SUCCEEDED
+class _Group(Generic[H]):
+    """The unfinished handles of one source, by job_id. Strictly private."""
+
+    __slots__ = ("by_id", "more", "source")
+
+    def __init__(self, source: OutcomeSource) -> None:
+        self.source = source
+        self.by_id: dict[str, H] = {}
+        self.more: dict[str, list[H]] = {}
+        """Further handles of a job_id already in ``by_id`` (the same job, or handle, twice)."""
+
+    def add(self, handle: H) -> None:
+        if handle.job_id in self.by_id:
+            self.more.setdefault(handle.job_id, []).append(handle)
+        else:
+            self.by_id[handle.job_id] = handle
+
+    def settle(self, job_id: str, outcome: Outcome) -> None:
+        """Give the handles of *job_id* its outcome."""
+        self.by_id[job_id]._settle(outcome)
+        for other in self.more.get(job_id, ()):
+            other._settle(outcome)
+
+    def handles(self, job_id: str) -> list[H]:
+        return [self.by_id[job_id], *self.more.get(job_id, ())]
+
+    async def wait(self, on_outcome: Callable[[str, Outcome], None], deadline: float) -> None:
+        timeout = None if deadline == math.inf else max(0.0, deadline - anyio.current_time())
+        await self.source.wait_many(self.by_id, on_outcome, timeout)
+
+
+def _groups(handles: Iterable[H]) -> list[_Group[H]]:
+    """The handles without an outcome yet, grouped by the client they wait through."""
+    groups: dict[int, _Group[H]] = {}
+    for handle in handles:
+        if handle.done():
+            continue
+        source = handle._jobs
+        group = groups.get(id(source))
+        if group is None:
+            group = groups[id(source)] = _Group(source)
+        group.add(handle)
+    return list(groups.values())
 
 
 async def wait_all(handles: Sequence[H], *, timeout: float | None = None) -> WaitResult[H]:
@@ -218,19 +249,19 @@ async def wait_all(handles: Sequence[H], *, timeout: float | None = None) -> Wai
     Never raises for a job's failure, an unreadable event or a timeout: the result sorts the
     handles instead,
     and ``unknown_job_ids`` names the jobs still without an outcome at the deadline.
+    The wait costs no task per handle: each job's slot calls this one waiting task back.
     """
     deadline = math.inf if timeout is None else anyio.current_time() + timeout
-    settled: dict[int, JobStatus] = {}
-
-    async def settle(index: int, handle: H) -> None:
-        settled[index] = await _settle(handle, deadline)
-
-    async with anyio.create_task_group() as task_group:
-        for index, handle in enumerate(handles):
-            task_group.start_soon(settle, index, handle)
+    groups = _groups(handles)
+    if len(groups) == 1:
+        await groups[0].wait(groups[0].settle, deadline)
+    elif groups:
+        async with anyio.create_task_group() as task_group:
+            for group in groups:
+                task_group.start_soon(group.wait, group.settle, deadline)
     by_status: dict[JobStatus, list[H]] = {status: [] for status in JobStatus}
-    for index, handle in enumerate(handles):
-        by_status[settled[index]].append(handle)
+    for handle in handles:
+        by_status[handle.status].append(handle)
     return WaitResult(
         by_status[JobStatus.SUCCEEDED],
         by_status[JobStatus.FAILED],
@@ -245,9 +276,27 @@ class Completed(Generic[H]):
     def __init__(self, handles: Sequence[H], receive: MemoryObjectReceiveStream[H]) -> None:
         self._handles = handles
         self._receive = receive
+        self._taken = 0
 
-    def __aiter__(self) -> AsyncIterator[H]:
-        return aiter(self._receive)
+    def __aiter__(self) -> Completed[H]:
+        return self
+
+    async def __anext__(self) -> H:
+        # A handle already buffered is taken without a trip through the event loop: one per
+        # handle would cost more than the rest of the wait. Every _YIELD_EVERY-th still yields.
+        self._taken += 1
+        try:
+            if self._taken % _YIELD_EVERY:
+                try:
+                    handle = self._receive.receive_nowait()
+                except anyio.WouldBlock:
+                    pass
+                else:
+                    await anyio.lowlevel.checkpoint_if_cancelled()
+                    return handle
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
 
     @property
     def pending(self) -> list[H]:
@@ -264,21 +313,29 @@ async def as_completed(
     Use it as ``async with as_completed(handles) as finished: async for handle in
     finished: ...``. Iteration ends when every handle finished or *timeout* passed;
     ``finished.pending`` then names what is still unknown. Leaving the block early stops
-    the waits without losing any outcome.
+    the waits without losing any outcome. One task waits for all the handles of a client.
     """
     deadline = math.inf if timeout is None else anyio.current_time() + timeout
     send, receive = anyio.create_memory_object_stream[H](max_buffer_size=math.inf)
 
-    async def watch(sender: MemoryObjectSendStream[H], handle: H) -> None:
+    async def watch(sender: MemoryObjectSendStream[H], group: _Group[H]) -> None:
+        def finished(job_id: str, outcome: Outcome) -> None:
+            group.settle(job_id, outcome)
+            for handle in group.handles(job_id):
+                sender.send_nowait(handle)
+
         async with sender:
-            if await _settle(handle, deadline) is not JobStatus.PENDING:
-                await sender.send(handle)
+            await group.wait(finished, deadline)
 
     error: Exception | None = None
     async with anyio.create_task_group() as task_group:
         async with send:
+            # Finished already: yielded first, in their order.
             for handle in handles:
-                task_group.start_soon(watch, send.clone(), handle)
+                if handle.done():
+                    send.send_nowait(handle)
+            for group in _groups(handles):
+                task_group.start_soon(watch, send.clone(), group)
         try:
             async with receive:
                 yield Completed(handles, receive)

@@ -27,6 +27,9 @@ NAMES = {
     "wakeup_redis",
     "scaling",
     "requests_per_job",
+    "wait_all_cpu",
+    "as_completed_cpu",
+    "wait_all_memory",
 }
 
 
