@@ -6,6 +6,7 @@ import logging
 import math
 import random
 import warnings
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -13,12 +14,12 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._errors import CobaltError, RateLimitError
 from ._handles import JobHandle, JobStatus, OutcomeSource
 from ._http import MAX_RETRY_AFTER
 from ._outcome import Outcome
+from ._parking import Wakers, park
 
 logger = logging.getLogger("cobalt_async.batch")
 
@@ -200,13 +201,15 @@ class WaitResult(Generic[H]):
 class _Group(Generic[H]):
     """The unfinished handles of one source, by job_id. Strictly private."""
 
-    __slots__ = ("by_id", "more", "source")
+    __slots__ = ("by_id", "more", "source", "then")
 
     def __init__(self, source: OutcomeSource) -> None:
         self.source = source
         self.by_id: dict[str, H] = {}
         self.more: dict[str, list[H]] = {}
         """Further handles of a job_id already in ``by_id`` (the same job, or handle, twice)."""
+        self.then: Callable[[H], None] | None = None
+        """Called with each handle as it gets its outcome."""
 
     def add(self, handle: H) -> None:
         if handle.job_id in self.by_id:
@@ -216,16 +219,18 @@ class _Group(Generic[H]):
 
     def settle(self, job_id: str, outcome: Outcome) -> None:
         """Give the handles of *job_id* its outcome."""
-        self.by_id[job_id]._settle(outcome)
-        for other in self.more.get(job_id, ()):
+        handle, then = self.by_id[job_id], self.then
+        handle._settle(outcome)
+        if then is not None:
+            then(handle)
+        for other in self.more.get(job_id, ()) if self.more else ():
             other._settle(outcome)
+            if then is not None:
+                then(other)
 
-    def handles(self, job_id: str) -> list[H]:
-        return [self.by_id[job_id], *self.more.get(job_id, ())]
-
-    async def wait(self, on_outcome: Callable[[str, Outcome], None], deadline: float) -> None:
+    async def wait(self, deadline: float) -> None:
         timeout = None if deadline == math.inf else max(0.0, deadline - anyio.current_time())
-        await self.source.wait_many(self.by_id, on_outcome, timeout)
+        await self.source.wait_many(self.by_id, self.settle, timeout)
 
 
 def _groups(handles: Iterable[H]) -> list[_Group[H]]:
@@ -254,11 +259,11 @@ async def wait_all(handles: Sequence[H], *, timeout: float | None = None) -> Wai
     deadline = math.inf if timeout is None else anyio.current_time() + timeout
     groups = _groups(handles)
     if len(groups) == 1:
-        await groups[0].wait(groups[0].settle, deadline)
+        await groups[0].wait(deadline)
     elif groups:
         async with anyio.create_task_group() as task_group:
             for group in groups:
-                task_group.start_soon(group.wait, group.settle, deadline)
+                task_group.start_soon(group.wait, deadline)
     by_status: dict[JobStatus, list[H]] = {status: [] for status in JobStatus}
     for handle in handles:
         by_status[handle.status].append(handle)
@@ -273,30 +278,36 @@ async def wait_all(handles: Sequence[H], *, timeout: float | None = None) -> Wai
 class Completed(Generic[H]):
     """Handles in the order they finish; ``pending`` lists those left at the deadline."""
 
-    def __init__(self, handles: Sequence[H], receive: MemoryObjectReceiveStream[H]) -> None:
+    def __init__(self, handles: Sequence[H]) -> None:
         self._handles = handles
-        self._receive = receive
+        self._finished: deque[H] = deque()
+        self._waiting = 0
+        """Groups of handles still waiting."""
+        self._parked = Wakers()
         self._taken = 0
+
+    def _add(self, handle: H) -> None:
+        self._finished.append(handle)
+        self._parked.wake()
+
+    def _group_done(self) -> None:
+        self._waiting -= 1
+        self._parked.wake()
 
     def __aiter__(self) -> Completed[H]:
         return self
 
     async def __anext__(self) -> H:
-        # A handle already buffered is taken without a trip through the event loop: one per
-        # handle would cost more than the rest of the wait. Every _YIELD_EVERY-th still yields.
+        # A finished handle is taken without a trip through the event loop: one per handle
+        # would cost more than the rest of the wait. Every _YIELD_EVERY-th still yields.
         self._taken += 1
-        try:
-            if self._taken % _YIELD_EVERY:
-                try:
-                    handle = self._receive.receive_nowait()
-                except anyio.WouldBlock:
-                    pass
-                else:
-                    await anyio.lowlevel.checkpoint_if_cancelled()
-                    return handle
-            return await self._receive.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
+        if not self._taken % _YIELD_EVERY:
+            await anyio.lowlevel.checkpoint()
+        while not self._finished:
+            if not self._waiting:
+                raise StopAsyncIteration
+            await park(self._parked)
+        return self._finished.popleft()
 
     @property
     def pending(self) -> list[H]:
@@ -316,29 +327,26 @@ async def as_completed(
     the waits without losing any outcome. One task waits for all the handles of a client.
     """
     deadline = math.inf if timeout is None else anyio.current_time() + timeout
-    send, receive = anyio.create_memory_object_stream[H](max_buffer_size=math.inf)
+    completed = Completed(handles)
+    for handle in handles:
+        if handle.done():
+            completed._add(handle)  # finished already: yielded first, in their order
+    groups = _groups(handles)
+    completed._waiting = len(groups)
 
-    async def watch(sender: MemoryObjectSendStream[H], group: _Group[H]) -> None:
-        def finished(job_id: str, outcome: Outcome) -> None:
-            group.settle(job_id, outcome)
-            for handle in group.handles(job_id):
-                sender.send_nowait(handle)
-
-        async with sender:
-            await group.wait(finished, deadline)
+    async def watch(group: _Group[H]) -> None:
+        group.then = completed._add
+        try:
+            await group.wait(deadline)
+        finally:
+            completed._group_done()
 
     error: Exception | None = None
     async with anyio.create_task_group() as task_group:
-        async with send:
-            # Finished already: yielded first, in their order.
-            for handle in handles:
-                if handle.done():
-                    send.send_nowait(handle)
-            for group in _groups(handles):
-                task_group.start_soon(watch, send.clone(), group)
+        for group in groups:
+            task_group.start_soon(watch, group)
         try:
-            async with receive:
-                yield Completed(handles, receive)
+            yield completed
         except Exception as exc:
             # Raised again outside the task group, so the caller gets it as it was raised
             # (``await handle`` -> JobFailedError), not wrapped in an ExceptionGroup.

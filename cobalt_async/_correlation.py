@@ -15,14 +15,13 @@ every sink:
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Protocol, TypeAlias
+from typing import Protocol, cast
 
 import anyio
 from anyio.abc import TaskStatus
@@ -31,6 +30,7 @@ from ._config import PollPolicy
 from ._errors import APIError, JobTimeoutError, SinkUnavailableError
 from ._logs import ids
 from ._outcome import Backstop, Outcome, PublishResult, Via
+from ._parking import Wakers, park
 from ._telemetry import sink_error
 from .models import JobEvent
 
@@ -55,47 +55,7 @@ class OutcomeStore(Protocol):
     async def remove_pending(self, job_id: str) -> None: ...
 
 
-class _Wakers:
-    """
-    What is parked on something: one waker, a list of them, or ``None``. Strictly private.
-
-    A waker is an asyncio future, a parked trio task or a :class:`_Watch`. Most slots have
-    exactly one, so it is kept as is, without a list.
-    """
-
-    __slots__ = ("wakers",)
-
-    def __init__(self) -> None:
-        self.wakers: _Waker | list[_Waker] | None = None
-
-    def add(self, waker: _Waker) -> None:
-        wakers = self.wakers
-        if wakers is None:
-            self.wakers = waker
-        elif isinstance(wakers, list):
-            if waker not in wakers:
-                wakers.append(waker)
-        elif wakers is not waker:
-            self.wakers = [wakers, waker]
-
-    def discard(self, waker: _Waker) -> None:
-        wakers = self.wakers
-        if wakers is waker:
-            self.wakers = None
-        elif isinstance(wakers, list) and waker in wakers:
-            wakers.remove(waker)
-
-    def wake(self) -> None:
-        """Wake everything parked here; each waits again if it has to."""
-        wakers, self.wakers = self.wakers, None
-        if isinstance(wakers, list):
-            for waker in wakers:
-                _notify(waker, self)
-        elif wakers is not None:
-            _notify(wakers, self)
-
-
-class _Slot(_Wakers):
+class _Slot(Wakers):
     """The shared wait state of one job_id in this process. Strictly private."""
 
     __slots__ = ("delay", "job_id", "next_poll", "outcome", "polling", "waiters")
@@ -114,87 +74,61 @@ class _Slot(_Wakers):
             self.outcome = outcome
             self.wake()
 
+    def resolve(self, job_id: str, outcome: Outcome) -> None:
+        self.settle(outcome)
+
     def poke(self) -> None:
         """Wake the waiters without an outcome (a timer is due); they look and wait again."""
         if self.outcome is None:
             self.wake()
 
 
-class _Watch(_Wakers):
+class _Watch(Wakers):
     """
-    Many slots awaited by one task: each slot calls back, one waker for the set.
+    Many jobs awaited by one task (:meth:`Correlator.wait_many`). Strictly private.
 
-    Strictly private. The task itself parks on the watch (``wakers``).
+    A job nobody else awaits costs no slot: the correlator maps it to the watch itself and
+    hands its outcome over through :meth:`resolve`. A job another wait shares has a slot,
+    which calls the watch back. The waiting task parks on the watch (``wakers``).
     """
 
-    __slots__ = ("woken",)
+    __slots__ = ("delay", "first_poll", "members", "woken")
 
-    def __init__(self) -> None:
+    def __init__(self, first_poll: float, delay: float) -> None:
         super().__init__()
-        self.woken: deque[_Slot] = deque()
-        """Slots that woke the watch, in the order they did: settled, poked or polled."""
+        self.first_poll = first_poll
+        """When the first backstop poll of its slotless jobs is due."""
+        self.delay = delay
+        self.members: dict[str, _Slot | Outcome | None] = {}
+        """Jobs not reported yet: their slot, their outcome not yet reported, or ``None``."""
+        self.woken: deque[str] = deque()
+        """Job ids whose slot or outcome changed, in the order they did."""
 
-    def notify(self, holder: _Wakers) -> None:
-        self.woken.append(holder)  # type: ignore[arg-type]
+    def resolve(self, job_id: str, outcome: Outcome) -> None:
+        if job_id in self.members and self.members[job_id] is None:
+            self.members[job_id] = outcome
+            self.woken.append(job_id)
+            self.wake()
+
+    def notify(self, holder: Wakers) -> None:
+        self.woken.append(cast(_Slot, holder).job_id)
         self.wake()
 
+    def poke(self) -> None:
+        """A timer of another wait: the watch keeps its own time."""
 
-class _Rescheduled:
-    """A trio task parked on a slot or a watch. Strictly private."""
-
-    __slots__ = ("task",)
-
-    def __init__(self, task: Any) -> None:
-        self.task = task
-
-    def notify(self, holder: _Wakers) -> None:
-        import trio
-
-        trio.lowlevel.reschedule(self.task)
-
-
-_Waker: TypeAlias = "asyncio.Future[None] | _Watch | _Rescheduled"
-
-
-def _notify(waker: _Waker, holder: _Wakers) -> None:
-    if isinstance(waker, asyncio.Future):
-        if not waker.done():
-            waker.set_result(None)
-    else:
-        waker.notify(holder)
-
-
-async def _park(holder: _Wakers) -> None:
-    """
-    Sleep until *holder* wakes (or the task is cancelled).
-
-    A bare future on asyncio, a rescheduled task on trio: no ``anyio.Event`` and its
-    layers (an event, its deque, two coroutines) per pending wait.
-    """
-    loop = asyncio._get_running_loop()
-    if loop is None:
-        await _park_trio(holder)
-        return
-    future: asyncio.Future[None] = loop.create_future()
-    holder.add(future)
-    try:
-        await future
-    except BaseException:
-        holder.discard(future)
-        raise
-
-
-async def _park_trio(holder: _Wakers) -> None:
-    import trio
-
-    parked = _Rescheduled(trio.lowlevel.current_task())
-    holder.add(parked)
-
-    def abort(_: object) -> trio.lowlevel.Abort:
-        holder.discard(parked)
-        return trio.lowlevel.Abort.SUCCEEDED
-
-    await trio.lowlevel.wait_task_rescheduled(abort)
+    def slot_for(self, job_id: str) -> _Slot:
+        """A slot for a slotless job, now that another wait or a poll needs one."""
+        slot = _Slot(job_id)
+        slot.waiters = 1
+        slot.next_poll, slot.delay = self.first_poll, self.delay
+        arrived = self.members[job_id]
+        if arrived is None:
+            slot.add(self)
+        else:
+            slot.outcome = cast(Outcome, arrived)  # its job_id is in ``woken`` already
+        self.members[job_id] = slot
+        return slot
 
 
 class Correlator:
@@ -204,7 +138,8 @@ class Correlator:
         self._sink = sink
         # Whether a finished wait must remove its job from the sink's pending registry.
         self._keeps_registry = keeps_registry
-        self._slots: dict[str, _Slot] = {}
+        # A job awaited only by one wait_many maps to its watch, without a slot.
+        self._slots: dict[str, _Slot | _Watch] = {}
         self.backstop_polls = 0
         # Timers of waits, served by one task while the sink is open (run_timers); a cancel
         # scope per waiting coroutine would cost more memory than the rest of the wait.
@@ -223,9 +158,9 @@ class Correlator:
 
     def resolve(self, job_id: str, outcome: Outcome) -> None:
         """Settle the slot of *job_id*, if this process awaits it. Idempotent."""
-        slot = self._slots.get(job_id)
-        if slot is not None:
-            slot.settle(outcome)
+        awaited = self._slots.get(job_id)
+        if awaited is not None:
+            awaited.resolve(job_id, outcome)
 
     def resolve_many(self, outcomes: dict[str, Outcome]) -> None:
         for job_id, outcome in outcomes.items():
@@ -270,11 +205,11 @@ class Correlator:
                 until = min(deadline, self._next_look(slot, backstop))
                 if until < math.inf and self._timers_changed is None:
                     with anyio.move_on_at(until):
-                        await _park(slot)
+                        await park(slot)
                 else:
                     if until < math.inf:
                         self._add_timer(until, job_id)
-                    await _park(slot)
+                    await park(slot)
                 if slot.outcome is not None:
                     break
                 now = anyio.current_time()
@@ -310,42 +245,56 @@ class Correlator:
         deadline = math.inf if timeout is None else anyio.current_time() + timeout
         with self._bounded(deadline):
             await self._sink.armed()
-        watch = _Watch()
-        slots: dict[str, _Slot] = {}
+        watch = _Watch(*_first_poll(backstop, policy, webhooks_expected))
+        members, slots = watch.members, self._slots
         wait: _SetWait | None = None
         try:
-            first_poll, delay = _first_poll(backstop, policy, webhooks_expected)
             for job_id in job_ids:
+                if job_id in members:
+                    continue
                 if job_id not in slots:
-                    slot = slots[job_id] = self._register(job_id, first_poll, delay)
-                    if slot.outcome is None:
-                        slot.add(watch)
-                    else:
-                        watch.woken.append(slot)
-            unread = [job_id for job_id, slot in slots.items() if slot.outcome is None]
+                    slots[job_id] = watch  # no slot: the watch alone awaits it
+                    members[job_id] = None
+                    continue
+                slot = members[job_id] = self._register(job_id, watch.first_poll, watch.delay)
+                if slot.outcome is None:
+                    slot.add(watch)
+                else:
+                    watch.woken.append(job_id)
+            unread = [job_id for job_id in members if not _known(members[job_id])]
             with self._bounded(deadline):
                 for start in range(0, len(unread), _READ_CHUNK):
                     await self._read_store(unread[start : start + _READ_CHUNK])
             async with anyio.create_task_group() as helpers:
-                wait = _SetWait(self, watch, slots, deadline, helpers)
+                wait = _SetWait(self, watch, deadline, helpers)
                 await wait.run(on_outcome, backstop, policy, webhooks_expected)
         finally:
-            for job_id, slot in slots.items():
-                if wait is not None and job_id in wait.polling:
-                    slot.polling = False  # claimed by a poll cancelled before it started
-                slot.discard(watch)
-                self._release(job_id, slot)
+            for job_id, member in members.items():
+                if isinstance(member, _Slot):
+                    if wait is not None and job_id in wait.polling:
+                        member.polling = False  # claimed by a poll cancelled before it started
+                    member.discard(watch)
+                    self._release(job_id, member)
+                elif slots.get(job_id) is watch:
+                    del slots[job_id]
 
     def _register(self, job_id: str, first_poll: float, delay: float) -> _Slot:
         # No await between the lookup and the insert: this is what makes the
         # register-then-read protocol race-free on one event loop.
-        slot = self._slots.get(job_id)
+        slot = self._slot(job_id)
         if slot is None:
             slot = self._slots[job_id] = _Slot(job_id)
         slot.waiters += 1
         if slot.next_poll == math.inf:
             slot.next_poll, slot.delay = first_poll, delay
         return slot
+
+    def _slot(self, job_id: str) -> _Slot | None:
+        """The slot of *job_id*, made now if a watch awaited it without one."""
+        awaited = self._slots.get(job_id)
+        if isinstance(awaited, _Watch):
+            awaited = self._slots[job_id] = awaited.slot_for(job_id)
+        return awaited
 
     def _release(self, job_id: str, slot: _Slot) -> None:
         slot.waiters -= 1
@@ -477,26 +426,24 @@ def _first_poll(
     return anyio.current_time() + delay, delay
 
 
+def _known(member: _Slot | Outcome | None) -> bool:
+    """Whether a watch's member has its outcome."""
+    return member is not None and (not isinstance(member, _Slot) or member.outcome is not None)
+
+
 class _SetWait:
     """
-    The loop of :meth:`Correlator.wait_many`: what one waiting task does for many slots.
+    The loop of :meth:`Correlator.wait_many`: what one waiting task does for many jobs.
 
     Strictly private. Backstop polls, as a wait for one job makes them, run in *helpers*
     (a task only while a poll is in flight), and so do removals from a pending registry.
     """
 
     def __init__(
-        self,
-        correlator: Correlator,
-        watch: _Watch,
-        slots: dict[str, _Slot],
-        deadline: float,
-        helpers: anyio.abc.TaskGroup,
+        self, correlator: Correlator, watch: _Watch, deadline: float, helpers: anyio.abc.TaskGroup
     ) -> None:
         self.correlator = correlator
         self.watch = watch
-        self.slots = slots
-        """Slots registered by this wait and not released yet."""
         self.deadline = deadline
         self.helpers = helpers
         self.polling: set[str] = set()
@@ -509,47 +456,59 @@ class _SetWait:
         policy: PollPolicy,
         webhooks_expected: bool,
     ) -> None:
-        correlator, watch, slots = self.correlator, self.watch, self.slots
+        correlator, watch = self.correlator, self.watch
+        members, woken = watch.members, watch.woken
         poll = (backstop, policy, webhooks_expected)
-        next_sweep = self._first_look(backstop) if backstop is not None else math.inf
+        next_sweep = self._first_look(backstop)
         final = False
         while True:
             settled = []
-            while watch.woken:
-                slot = watch.woken.popleft()
-                job_id = slot.job_id
-                if slots.get(job_id) is not slot:
-                    continue  # settled and released already
-                if slot.outcome is None:
-                    # Poked by a timer, or one of this wait's polls ended: look again.
-                    slot.add(watch)
-                    next_sweep = min(next_sweep, correlator._next_look(slot, backstop))
+            while woken:
+                job_id = woken.popleft()
+                if job_id not in members:
+                    continue  # reported already
+                member = members[job_id]
+                if isinstance(member, _Slot):
+                    if member.outcome is None:
+                        # Poked by a timer, or one of this wait's polls ended: look again.
+                        member.add(watch)
+                        next_sweep = min(next_sweep, correlator._next_look(member, backstop))
+                        continue
+                    outcome = member.outcome
+                    correlator._release(job_id, member)
+                elif member is None:
                     continue
-                del slots[job_id]
-                correlator._release(job_id, slot)
+                else:
+                    outcome = member
+                    del correlator._slots[job_id]  # the watch's own: no slot to release
+                del members[job_id]
                 settled.append(job_id)
-                on_outcome(job_id, slot.outcome)
+                on_outcome(job_id, outcome)
             if settled and correlator._keeps_registry:
                 self.helpers.start_soon(self._forget, settled)
-            if not slots or (final and not self.polling):
+            if not members or (final and not self.polling):
                 break
             now = anyio.current_time()
             if not final and (now >= next_sweep or now >= self.deadline):
                 final = now >= self.deadline
                 next_sweep = self._sweep(now, final, poll)
                 continue
-            if watch.woken:
+            if woken:
                 continue
             wake_at = math.inf if final else min(next_sweep, self.deadline)
             if wake_at == math.inf:
-                await _park(watch)
+                await park(watch)
             else:
                 with anyio.move_on_at(wake_at):
-                    await _park(watch)
+                    await park(watch)
 
     def _first_look(self, backstop: Backstop | None) -> float:
-        look = self.correlator._next_look
-        return min((look(slot, backstop) for slot in self.slots.values()), default=math.inf)
+        if backstop is None:
+            return math.inf
+        look, first = self.correlator._next_look, self.watch.first_poll
+        members = self.watch.members.values()
+        shared = [look(slot, backstop) for slot in members if isinstance(slot, _Slot)]
+        return min(first, *shared) if shared else first
 
     def _sweep(
         self, now: float, final: bool, poll: tuple[Backstop | None, PollPolicy, bool]
@@ -558,18 +517,27 @@ class _SetWait:
         backstop = poll[0]
         if backstop is None:
             return math.inf
+        correlator, watch = self.correlator, self.watch
         next_sweep = math.inf
-        for job_id, slot in self.slots.items():
+        for job_id, member in watch.members.items():
             if job_id in self.polling:
                 continue
-            if final or (not slot.polling and now >= slot.next_poll):
-                # Claimed now, not when the task starts: another wait of this slot waking
-                # meanwhile must not poll too.
-                slot.polling = True
-                self.polling.add(job_id)
-                self.helpers.start_soon(self._poll, job_id, slot, final, poll)
-            else:
-                next_sweep = min(next_sweep, self.correlator._next_look(slot, backstop))
+            if member is None:
+                if not final and now < watch.first_poll:
+                    next_sweep = min(next_sweep, watch.first_poll)
+                    continue
+                # Polled from now on: the poll's state needs a slot (a value changed, not a key).
+                member = correlator._slots[job_id] = watch.slot_for(job_id)
+            elif not isinstance(member, _Slot):
+                continue
+            elif not (final or (not member.polling and now >= member.next_poll)):
+                next_sweep = min(next_sweep, correlator._next_look(member, backstop))
+                continue
+            # Claimed now, not when the task starts: another wait of this slot waking
+            # meanwhile must not poll too.
+            member.polling = True
+            self.polling.add(job_id)
+            self.helpers.start_soon(self._poll, job_id, member, final, poll)
         return next_sweep
 
     async def _poll(
