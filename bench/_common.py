@@ -199,6 +199,7 @@ class Sizes:
     profile_scale: int
     waits_handles: int
     waits_rounds: int
+    gc_pending: int
     cli_simulator: bool = False
     """Submit to ``python -m cobalt_async simulate`` rather than ``bench._simserver``."""
 
@@ -226,6 +227,7 @@ _SIZES: dict[str, dict[str, Any]] = {
         "profile_scale": 4,
         "waits_handles": 100_000,
         "waits_rounds": 3,
+        "gc_pending": 1_000_000,
     },
     "quick": {
         "submit_rounds": 8,
@@ -245,6 +247,7 @@ _SIZES: dict[str, dict[str, Any]] = {
         "profile_scale": 1,
         "waits_handles": 10_000,
         "waits_rounds": 3,
+        "gc_pending": 50_000,
     },
     "smoke": {
         "submit_rounds": 2,
@@ -264,6 +267,7 @@ _SIZES: dict[str, dict[str, Any]] = {
         "profile_scale": 1,
         "waits_handles": 200,
         "waits_rounds": 1,
+        "gc_pending": 2_000,
     },
 }
 

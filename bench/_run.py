@@ -9,7 +9,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import anyio
 
-from . import _ingest, _memory, _requests, _scaling, _submit, _waits, _wakeup
+from . import _gc, _ingest, _memory, _requests, _scaling, _submit, _waits, _wakeup
 from ._common import Metric, Sizes
 
 Measure = Callable[[Sizes], Awaitable[Metric | list[Metric]]]
@@ -23,6 +23,7 @@ METRICS: dict[str, Measure] = {
     "scaling": _scaling.measure,
     "requests": _requests.measure,
     "waits": _waits.measure,
+    "gc": _gc.measure,
 }
 """Short names, in run order; ``--only`` takes these."""
 

@@ -30,6 +30,8 @@ NAMES = {
     "wait_all_cpu",
     "as_completed_cpu",
     "wait_all_memory",
+    "gc_objects_per_handle",
+    "gc_pause",
 }
 
 
