@@ -8,7 +8,7 @@ import random
 import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -74,14 +74,19 @@ class _Throttle:
         self.ceiling = concurrency
         self.resume_at = 0.0
         self.rate_limited = 0
+        self.slowed = False
+        """Whether a 429 came: from then on every request takes a slot of the limiter."""
 
     async def wait_turn(self) -> None:
         # A deadline, not an event: a 429 answered during the pause moves it further away.
+        if not self.slowed:
+            return
         while (delay := self.resume_at - anyio.current_time()) > 0:  # noqa: ASYNC110
             await anyio.sleep(delay)
 
     def on_rate_limit(self, error: RateLimitError, attempt: int) -> None:
         self.rate_limited += 1
+        self.slowed = True
         # Capped as single requests cap it: one absurd Retry-After must not stall the batch.
         pause = None if error.retry_after is None else min(error.retry_after, MAX_RETRY_AFTER)
         if pause is None:
@@ -91,7 +96,7 @@ class _Throttle:
 
     def on_success(self) -> None:
         # Additive increase back towards the requested concurrency.
-        if self.limiter.total_tokens < self.ceiling:
+        if self.slowed and self.limiter.total_tokens < self.ceiling:
             self.limiter.total_tokens += 1
 
 
@@ -134,22 +139,25 @@ class _Batch(Generic[R, H]):
             request = self.build(item)
         except CobaltError as exc:
             return exc
+        throttle = self.throttle
         for attempt in range(MAX_RATE_LIMIT_RETRIES + 1):
-            async with self.throttle.limiter:
+            # Unthrottled, the workers are no more than the concurrency asked for: the
+            # limiter (and its trip through the event loop per item) only serves a slowdown.
+            async with throttle.limiter if throttle.slowed else nullcontext():
                 # Wait with the slot in hand: a worker queued on the limiter while a 429
                 # arrived must not send the moment it gets a slot, inside Retry-After.
-                await self.throttle.wait_turn()
+                await throttle.wait_turn()
                 try:
                     handle = await self.submit(request)
                 except RateLimitError as exc:
                     # A 429 means Cobalt did not take the request: resubmitting is safe.
                     if attempt == MAX_RATE_LIMIT_RETRIES:
                         return exc
-                    self.throttle.on_rate_limit(exc, attempt)
+                    throttle.on_rate_limit(exc, attempt)
                     continue
                 except CobaltError as exc:
                     return exc
-            self.throttle.on_success()
+            throttle.on_success()
             return handle
         raise AssertionError  # pragma: no cover
 

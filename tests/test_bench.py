@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"name", "value", "baseline", "ratio", "target", "unit"}
 NAMES = {
     "submit_throughput",
+    "create_many_cpu",
     "webhook_ingest",
     "memory_per_handle",
     "wakeup_inprocess",
