@@ -113,10 +113,35 @@ async def offline_overhead(requests: int, rounds: int) -> tuple[float, float]:
     return median(cpus["sdk"]), median(cpus["raw"])
 
 
+async def offline_batch(requests: int, rounds: int, concurrency: int) -> tuple[float, float]:
+    """CPU seconds per job through an ``httpx.MockTransport``: create_many, raw workers."""
+    transport = httpx.MockTransport(_accept)
+    base_url = "http://cobalt.test/v1"
+    client = CobaltClient(
+        **CREDENTIALS, base_url=base_url, transport=transport, sink=InMemorySink()
+    )
+    async with client, httpx.AsyncClient(transport=transport) as http:
+        raw = raw_op(http, base_url)
+        await _batch_round(client, min(requests, 200), concurrency)
+        await run_round(raw, min(requests, 200), concurrency)
+        cpus: dict[str, list[float]] = {"sdk": [], "raw": []}
+        for index in range(rounds):
+            for kind in ("sdk", "raw") if index % 2 == 0 else ("raw", "sdk"):
+                if kind == "sdk":
+                    cpus[kind].append(await _batch_round(client, requests, concurrency))
+                else:
+                    cpus[kind].append((await run_round(raw, requests, concurrency))[1])
+    return median(cpus["sdk"]), median(cpus["raw"])
+
+
 async def measure(sizes: Sizes) -> list[Metric]:
     with simulator(cli=sizes.cli_simulator) as server:
         metric = await _measure(sizes, server)
         batch = await _measure_batch(sizes, server)
+    batch_sdk, batch_raw = await offline_batch(sizes.submit_requests, 5, sizes.submit_concurrency)
+    batch.details["no network (MockTransport): CPU us/job create_many"] = batch_sdk * 1e6
+    batch.details["no network (MockTransport): CPU us/POST raw workers"] = batch_raw * 1e6
+    batch.details["no network: ratio raw/create_many"] = batch_raw / batch_sdk
     offline_sdk, offline_raw = await offline_overhead(sizes.submit_requests, 5)
     metric.details["no network (MockTransport): CPU us/create SDK"] = offline_sdk * 1e6
     metric.details["no network (MockTransport): CPU us/POST raw"] = offline_raw * 1e6
