@@ -11,6 +11,7 @@ for many holders at once.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any, Protocol, TypeAlias
 
 
@@ -29,9 +30,12 @@ class Wakers:
 
     def add(self, waker: Waker) -> None:
         wakers = self.wakers
-        if wakers is None:
+        if wakers is None or _finished(wakers):
             self.wakers = waker
         elif isinstance(wakers, list):
+            # Futures of waits cancelled since the last wake-up go now: the list stays as
+            # long as the waits still parked here.
+            wakers[:] = [parked for parked in wakers if not _finished(parked)]
             if waker not in wakers:
                 wakers.append(waker)
         elif wakers is not waker:
@@ -85,24 +89,25 @@ def _notify(waker: Waker, holder: Wakers) -> None:
         waker.notify(holder)
 
 
-async def park(holder: Wakers) -> None:
+def park(holder: Wakers) -> Awaitable[None]:
     """
-    Sleep until *holder* wakes (or the task is cancelled).
+    What to await, at once, until *holder* wakes (or the task is cancelled).
 
-    A bare future on asyncio, a rescheduled task on trio: no ``anyio.Event`` and its
-    layers (an event, its deque, two coroutines) per pending wait.
+    On asyncio a bare future, awaited in the caller's own frame: no ``anyio.Event`` and its
+    layers (an event, its deque, two coroutines), nor a coroutine of its own, per pending
+    wait. A wait cancelled meanwhile leaves its done future behind; the holder drops it
+    when it next wakes or takes a waker. On trio, a task the holder reschedules.
     """
     loop = asyncio._get_running_loop()
     if loop is None:
-        await _park_trio(holder)
-        return
+        return _park_trio(holder)
     future: asyncio.Future[None] = loop.create_future()
     holder.add(future)
-    try:
-        await future
-    except BaseException:
-        holder.discard(future)
-        raise
+    return future
+
+
+def _finished(waker: Waker | list[Waker]) -> bool:
+    return isinstance(waker, asyncio.Future) and waker.done()
 
 
 async def _park_trio(holder: Wakers) -> None:

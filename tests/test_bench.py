@@ -23,6 +23,7 @@ NAMES = {
     "submit_throughput",
     "create_many_cpu",
     "webhook_ingest",
+    "webhook_ingest_fragmented",
     "memory_per_handle",
     "wakeup_inprocess",
     "wakeup_redis",

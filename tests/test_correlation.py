@@ -835,3 +835,24 @@ class TestWaitMany:
         assert 2 == len(calls)
         assert ["poll"] == [outcome.via for outcome in seen]
         assert 0 == sink.stats().pending
+
+
+class TestParking:
+    """A wait parks on its slot for the cost of a future, and leaves nothing behind."""
+
+    async def test_waits_timing_out_on_a_shared_slot_leave_no_waker_behind(self) -> None:
+        """Fifty short waits beside a long one: the slot keeps only what is still parked."""
+        sink = InMemorySink()
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                waiters = Waiters(sink, tg)
+                long = waiters.start()
+                await until(lambda: sink.stats().pending == 1)
+                for _ in range(50):
+                    with pytest.raises(JobTimeoutError):
+                        await sink.wait_for(JOB, timeout=0.001)
+                parked = sink._correlator._slots[JOB].wakers
+                await sink.publish(created())
+                await waiters.finished(long)
+        assert len(parked) <= 2 if isinstance(parked, list) else parked is not None
+        assert isinstance(waiters.results[long], Outcome)
