@@ -247,7 +247,7 @@ _SIZES: dict[str, dict[str, Any]] = {
         "profile_scale": 1,
         "waits_handles": 10_000,
         "waits_rounds": 3,
-        "gc_pending": 50_000,
+        "gc_pending": 30_000,
     },
     "smoke": {
         "submit_rounds": 2,
