@@ -75,7 +75,10 @@ class _Slot(Wakers):
             self.wake()
 
     def resolve(self, job_id: str, outcome: Outcome) -> None:
-        self.settle(outcome)
+        # settle(), inline: once per webhook.
+        if self.outcome is None:
+            self.outcome = outcome
+            self.wake()
 
     def poke(self) -> None:
         """Wake the waiters without an outcome (a timer is due); they look and wait again."""

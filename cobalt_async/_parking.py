@@ -51,11 +51,16 @@ class Wakers:
     def wake(self) -> None:
         """Wake everything parked here; each waits again if it has to."""
         wakers, self.wakers = self.wakers, None
+        if wakers is None:
+            return
         if isinstance(wakers, list):
             for waker in wakers:
                 _notify(waker, self)
-        elif wakers is not None:
-            _notify(wakers, self)
+        elif isinstance(wakers, asyncio.Future):  # the common case, without a call
+            if not wakers.done():
+                wakers.set_result(None)
+        else:
+            wakers.notify(self)
 
 
 class _Rescheduled:
