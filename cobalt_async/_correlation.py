@@ -269,8 +269,9 @@ class Correlator:
                 for start in range(0, len(unread), _READ_CHUNK):
                     await self._read_store(unread[start : start + _READ_CHUNK])
             async with anyio.create_task_group() as helpers:
-                wait = _SetWait(self, watch, deadline, helpers)
-                await wait.run(on_outcome, backstop, policy, webhooks_expected)
+                poll = (backstop, policy, webhooks_expected)
+                wait = _SetWait(self, watch, deadline, helpers, on_outcome, poll)
+                await wait.run()
         finally:
             for job_id, member in members.items():
                 if isinstance(member, _Slot):
@@ -443,69 +444,81 @@ class _SetWait:
     """
 
     def __init__(
-        self, correlator: Correlator, watch: _Watch, deadline: float, helpers: anyio.abc.TaskGroup
+        self,
+        correlator: Correlator,
+        watch: _Watch,
+        deadline: float,
+        helpers: anyio.abc.TaskGroup,
+        on_outcome: Callable[[str, Outcome], None],
+        poll: tuple[Backstop | None, PollPolicy, bool],
     ) -> None:
         self.correlator = correlator
         self.watch = watch
         self.deadline = deadline
         self.helpers = helpers
+        self.on_outcome = on_outcome
+        self.poll = poll
         self.polling: set[str] = set()
         """Jobs this wait is polling Cobalt for right now."""
+        self.final = False
+        """Whether the deadline passed: its last polls are started, no other."""
+        self.next_sweep = self._first_look()
 
-    async def run(
-        self,
-        on_outcome: Callable[[str, Outcome], None],
-        backstop: Backstop | None,
-        policy: PollPolicy,
-        webhooks_expected: bool,
-    ) -> None:
-        correlator, watch = self.correlator, self.watch
-        members, woken = watch.members, watch.woken
-        poll = (backstop, policy, webhooks_expected)
-        next_sweep = self._first_look(backstop)
-        final = False
+    async def run(self) -> None:
+        """Report outcomes as they come, poll when due; return when all are known or given up."""
+        watch = self.watch
         while True:
-            settled = []
-            while woken:
-                job_id = woken.popleft()
-                if job_id not in members:
-                    continue  # reported already
-                member = members[job_id]
-                if isinstance(member, _Slot):
-                    if member.outcome is None:
-                        # Poked by a timer, or one of this wait's polls ended: look again.
-                        member.add(watch)
-                        next_sweep = min(next_sweep, correlator._next_look(member, backstop))
-                        continue
-                    outcome = member.outcome
-                    correlator._release(job_id, member)
-                elif member is None:
-                    continue
-                else:
-                    outcome = member
-                    del correlator._slots[job_id]  # the watch's own: no slot to release
-                del members[job_id]
-                settled.append(job_id)
-                on_outcome(job_id, outcome)
-            if settled and correlator._keeps_registry:
-                self.helpers.start_soon(self._forget, settled)
-            if not members or (final and not self.polling):
-                break
+            self._drain()
+            if not watch.members or (self.final and not self.polling):
+                return
             now = anyio.current_time()
-            if not final and (now >= next_sweep or now >= self.deadline):
-                final = now >= self.deadline
-                next_sweep = self._sweep(now, final, poll)
-                continue
-            if woken:
-                continue
-            wake_at = math.inf if final else min(next_sweep, self.deadline)
-            if wake_at == math.inf:
-                await park(watch)
-            else:
-                with anyio.move_on_at(wake_at):
-                    await park(watch)
+            if not self.final and now >= min(self.next_sweep, self.deadline):
+                self.final = now >= self.deadline
+                self.next_sweep = self._sweep(now)
+            elif not watch.woken:
+                await self._sleep()
 
-    def _first_look(self, backstop: Backstop | None) -> float:
+    def _drain(self) -> None:
+        """Report the woken jobs that have their outcome; look again at the others."""
+        correlator, watch, backstop = self.correlator, self.watch, self.poll[0]
+        members, woken = watch.members, watch.woken
+        settled = []
+        while woken:
+            job_id = woken.popleft()
+            if job_id not in members:
+                continue  # reported already
+            member = members[job_id]
+            if isinstance(member, _Slot):
+                if member.outcome is None:
+                    # Poked by a timer, or one of this wait's polls ended: look again.
+                    member.add(watch)
+                    look = correlator._next_look(member, backstop)
+                    self.next_sweep = min(self.next_sweep, look)
+                    continue
+                outcome = member.outcome
+                correlator._release(job_id, member)
+            elif member is None:
+                continue
+            else:
+                outcome = member
+                del correlator._slots[job_id]  # the watch's own: no slot to release
+            del members[job_id]
+            settled.append(job_id)
+            self.on_outcome(job_id, outcome)
+        if settled and correlator._keeps_registry:
+            self.helpers.start_soon(self._forget, settled)
+
+    async def _sleep(self) -> None:
+        """Until a job wakes the watch, or the next poll or the deadline is due."""
+        wake_at = math.inf if self.final else min(self.next_sweep, self.deadline)
+        if wake_at == math.inf:
+            await park(self.watch)
+        else:
+            with anyio.move_on_at(wake_at):
+                await park(self.watch)
+
+    def _first_look(self) -> float:
+        backstop = self.poll[0]
         if backstop is None:
             return math.inf
         look, first = self.correlator._next_look, self.watch.first_poll
@@ -513,11 +526,9 @@ class _SetWait:
         shared = [look(slot, backstop) for slot in members if isinstance(slot, _Slot)]
         return min(first, *shared) if shared else first
 
-    def _sweep(
-        self, now: float, final: bool, poll: tuple[Backstop | None, PollPolicy, bool]
-    ) -> float:
+    def _sweep(self, now: float) -> float:
         """Start the polls that are due (all of them at the deadline); when to look next."""
-        backstop = poll[0]
+        backstop, final = self.poll[0], self.final
         if backstop is None:
             return math.inf
         correlator, watch = self.correlator, self.watch
@@ -540,17 +551,11 @@ class _SetWait:
             # meanwhile must not poll too.
             member.polling = True
             self.polling.add(job_id)
-            self.helpers.start_soon(self._poll, job_id, member, final, poll)
+            self.helpers.start_soon(self._poll, job_id, member, final)
         return next_sweep
 
-    async def _poll(
-        self,
-        job_id: str,
-        slot: _Slot,
-        final: bool,
-        poll: tuple[Backstop | None, PollPolicy, bool],
-    ) -> None:
-        backstop, policy, webhooks_expected = poll
+    async def _poll(self, job_id: str, slot: _Slot, final: bool) -> None:
+        backstop, policy, webhooks_expected = self.poll
         assert backstop is not None
         try:
             await self.correlator._poll(job_id, slot, backstop, policy, webhooks_expected)
