@@ -88,9 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             errors += 1
             print(f"[ERROR] {name}:\n{result}", file=sys.stderr, flush=True)
             continue
-        misses += result.passed is False
-        result.seconds = time.perf_counter() - metric_started
-        print(result.line(args.json), flush=True)
+        for metric in result:
+            misses += metric.passed is False
+            metric.seconds = time.perf_counter() - metric_started
+            print(metric.line(args.json), flush=True)
     if not args.json:
         print(f"done in {time.perf_counter() - started:.1f} s", flush=True)
     return 1 if errors or (args.strict and misses) else 0

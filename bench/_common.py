@@ -201,6 +201,9 @@ class Sizes:
     requests_time_unit: float
     """Real seconds per simulated second in the requests-per-job scenarios."""
     profile_scale: int
+    waits_handles: int
+    waits_rounds: int
+    gc_pending: int
     cli_simulator: bool = False
     """Submit to ``python -m cobalt_async simulate`` rather than ``bench._simserver``."""
 
@@ -229,6 +232,9 @@ _SIZES: dict[str, dict[str, Any]] = {
         "requests_jobs": 40,
         "requests_time_unit": 0.05,
         "profile_scale": 4,
+        "waits_handles": 100_000,
+        "waits_rounds": 3,
+        "gc_pending": 1_000_000,
     },
     "quick": {
         "submit_rounds": 8,
@@ -249,6 +255,9 @@ _SIZES: dict[str, dict[str, Any]] = {
         "requests_jobs": 10,
         "requests_time_unit": 0.05,
         "profile_scale": 1,
+        "waits_handles": 10_000,
+        "waits_rounds": 3,
+        "gc_pending": 30_000,
     },
     "smoke": {
         "submit_rounds": 2,
@@ -269,6 +278,9 @@ _SIZES: dict[str, dict[str, Any]] = {
         "requests_jobs": 3,
         "requests_time_unit": 0.01,
         "profile_scale": 1,
+        "waits_handles": 200,
+        "waits_rounds": 1,
+        "gc_pending": 2_000,
     },
 }
 

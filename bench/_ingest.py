@@ -25,7 +25,8 @@ from ._common import WEBHOOK_SECRET, Metric, Sizes, Target, gc_settled, median, 
 
 NAME = "webhook_ingest"
 TITLE = "WebhookApp (verify, parse, dedup, store, wake a waiter) vs HMAC + json.loads app"
-TARGET = Target("ratio", ">=", 0.60)
+TARGET = Target("ratio", ">=", 0.90)
+WORN_TARGET = Target("ratio", ">=", 0.85)
 UNIT = "events/s"
 
 # Headers as uvicorn hands them over for one of Cobalt's deliveries.
@@ -237,7 +238,7 @@ async def _per_event(
     return per_event
 
 
-async def measure(sizes: Sizes) -> Metric:
+async def measure(sizes: Sizes) -> list[Metric]:
     items = deliveries(sizes.ingest_events)
     await sdk_round(items[:200])  # warm-up: pydantic, hmac, the loop
     await baseline_round(items[:200])
@@ -259,7 +260,7 @@ async def measure(sizes: Sizes) -> Metric:
     with fragmented_heap(groups=200 * len(items)):
         worn = await _per_event(headline, sizes.ingest_rounds, len(items))
     us = {name: median(values) * 1e6 for name, values in per_event.items()}
-    return Metric(
+    headline = Metric(
         NAME,
         TITLE,
         1 / median(sdk),
@@ -278,12 +279,23 @@ async def measure(sizes: Sizes) -> Metric:
             "receive() called directly, no waiter, us/event": us["receive"],
             "baseline us/event": us["raw"],
             "ratio of medians": median(raw) / median(sdk),
-            "paired ratio on a fragmented heap (a long-running server's)": _paired(
-                worn["sdk"], worn["raw"]
-            ),
         },
         paired_ratio=_paired(sdk, raw),
     )
+    fragmented = Metric(
+        f"{NAME}_fragmented",
+        "the same on a fragmented heap (a long-running server's): small objects of mixed "
+        "sizes, four in five freed",
+        1 / median(worn["sdk"]),
+        1 / median(worn["raw"]),
+        UNIT,
+        WORN_TARGET,
+        value_label="WebhookApp",
+        baseline_label="HMAC+json.loads app",
+        details={"groups of objects built, one in five kept": 200 * len(items)},
+        paired_ratio=_paired(worn["sdk"], worn["raw"]),
+    )
+    return [headline, fragmented]
 
 
 def _paired(sdk: Sequence[float], raw: Sequence[float]) -> float:

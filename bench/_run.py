@@ -9,10 +9,10 @@ from concurrent.futures import ProcessPoolExecutor
 
 import anyio
 
-from . import _ingest, _memory, _requests, _scaling, _stores, _submit, _wakeup
+from . import _gc, _ingest, _memory, _requests, _scaling, _stores, _submit, _waits, _wakeup
 from ._common import Metric, Sizes
 
-Measure = Callable[[Sizes], Awaitable[Metric]]
+Measure = Callable[[Sizes], Awaitable[Metric | list[Metric]]]
 
 METRICS: dict[str, Measure] = {
     "submit": _submit.measure,
@@ -25,19 +25,22 @@ METRICS: dict[str, Measure] = {
     "stores_postgres": _stores.measure,
     "scaling": _scaling.measure,
     "requests": _requests.measure,
+    "waits": _waits.measure,
+    "gc": _gc.measure,
 }
 """Short names, in run order; ``--only`` takes these."""
 
 
-def run_metric(name: str, sizes: Sizes) -> Metric | str:
-    """The metric, or the traceback of its failure (a broken benchmark must not hide others)."""
+def run_metric(name: str, sizes: Sizes) -> list[Metric] | str:
+    """The metrics, or the traceback of a failure (a broken benchmark must not hide others)."""
     try:
-        return anyio.run(METRICS[name], sizes, backend="asyncio")
+        measured = anyio.run(METRICS[name], sizes, backend="asyncio")
     except Exception:
         return traceback.format_exc()
+    return measured if isinstance(measured, list) else [measured]
 
 
-def run_isolated(name: str, sizes: Sizes) -> Metric | str:
+def run_isolated(name: str, sizes: Sizes) -> list[Metric] | str:
     """
     :func:`run_metric` in a fresh interpreter.
 

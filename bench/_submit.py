@@ -113,14 +113,89 @@ async def offline_overhead(requests: int, rounds: int) -> tuple[float, float]:
     return median(cpus["sdk"]), median(cpus["raw"])
 
 
-async def measure(sizes: Sizes) -> Metric:
+async def offline_batch(requests: int, rounds: int, concurrency: int) -> tuple[float, float]:
+    """CPU seconds per job through an ``httpx.MockTransport``: create_many, raw workers."""
+    transport = httpx.MockTransport(_accept)
+    base_url = "http://cobalt.test/v1"
+    client = CobaltClient(
+        **CREDENTIALS, base_url=base_url, transport=transport, sink=InMemorySink()
+    )
+    async with client, httpx.AsyncClient(transport=transport) as http:
+        raw = raw_op(http, base_url)
+        await _batch_round(client, min(requests, 200), concurrency)
+        await run_round(raw, min(requests, 200), concurrency)
+        cpus: dict[str, list[float]] = {"sdk": [], "raw": []}
+        for index in range(rounds):
+            for kind in ("sdk", "raw") if index % 2 == 0 else ("raw", "sdk"):
+                if kind == "sdk":
+                    cpus[kind].append(await _batch_round(client, requests, concurrency))
+                else:
+                    cpus[kind].append((await run_round(raw, requests, concurrency))[1])
+    return median(cpus["sdk"]), median(cpus["raw"])
+
+
+async def measure(sizes: Sizes) -> list[Metric]:
     with simulator(cli=sizes.cli_simulator) as server:
         metric = await _measure(sizes, server)
+        batch = await _measure_batch(sizes, server)
+    batch_sdk, batch_raw = await offline_batch(sizes.submit_requests, 5, sizes.submit_concurrency)
+    batch.details["no network (MockTransport): CPU us/job create_many"] = batch_sdk * 1e6
+    batch.details["no network (MockTransport): CPU us/POST raw workers"] = batch_raw * 1e6
+    batch.details["no network: ratio raw/create_many"] = batch_raw / batch_sdk
     offline_sdk, offline_raw = await offline_overhead(sizes.submit_requests, 5)
     metric.details["no network (MockTransport): CPU us/create SDK"] = offline_sdk * 1e6
     metric.details["no network (MockTransport): CPU us/POST raw"] = offline_raw * 1e6
     metric.details["SDK's own CPU per create, us"] = (offline_sdk - offline_raw) * 1e6
-    return metric
+    return [metric, batch]
+
+
+async def _batch_round(client: CobaltClient, requests: int, concurrency: int) -> float:
+    """CPU seconds per job of one ``create_many`` of *requests* items."""
+    items = [TASK] * requests
+    cpu = time.process_time()
+    results = await client.tasks.create_many(items, concurrency=concurrency)
+    cpu = time.process_time() - cpu
+    if len(results) != requests or not all(hasattr(result, "job_id") for result in results):
+        raise RuntimeError("create_many did not get a handle for every item")
+    return cpu / requests
+
+
+async def _measure_batch(sizes: Sizes, server: Simulator) -> Metric:
+    """``create_many`` CPU per job vs *concurrency* workers looping over raw httpx POSTs."""
+    n, concurrency = sizes.submit_requests, sizes.submit_concurrency
+    cpus: dict[str, list[float]] = {"sdk": [], "raw": []}
+    async with (
+        sdk_client(server.url) as client,
+        httpx.AsyncClient(limits=DEFAULT_LIMITS, timeout=30.0) as http,
+    ):
+        raw = raw_op(http, server.url)
+        await _batch_round(client, min(n, 100), concurrency)  # warm-up
+        await run_round(raw, min(n, 100), concurrency)
+        for index in range(sizes.submit_rounds):
+            for kind in ("sdk", "raw") if index % 2 == 0 else ("raw", "sdk"):
+                if kind == "sdk":
+                    cpus[kind].append(await _batch_round(client, n, concurrency))
+                else:
+                    cpus[kind].append((await run_round(raw, n, concurrency))[1])
+    pairs = [theirs / mine for mine, theirs in zip(cpus["sdk"], cpus["raw"], strict=True)]
+    return Metric(
+        "create_many_cpu",
+        f"client CPU per job: tasks.create_many(concurrency={concurrency}) vs "
+        f"{concurrency} workers looping over raw httpx POSTs",
+        1 / median(cpus["sdk"]),
+        1 / median(cpus["raw"]),
+        "jobs/CPU-s",
+        TARGET,
+        value_label="create_many",
+        baseline_label="raw httpx workers",
+        details={
+            "paired rounds (order alternated)": sizes.submit_rounds,
+            "jobs per round": n,
+            "client CPU us/job create_many": median(cpus["sdk"]) * 1e6,
+            "client CPU us/POST raw": median(cpus["raw"]) * 1e6,
+        },
+        paired_ratio=median(pairs),
+    )
 
 
 async def _measure(sizes: Sizes, server: Simulator) -> Metric:

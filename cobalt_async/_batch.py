@@ -6,23 +6,20 @@ import logging
 import math
 import random
 import warnings
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+import anyio.lowlevel
 
-from ._errors import (
-    CobaltError,
-    JobFailedError,
-    JobTimeoutError,
-    MalformedEventError,
-    RateLimitError,
-)
-from ._handles import JobHandle, JobStatus
+from ._errors import CobaltError, RateLimitError
+from ._handles import JobHandle, JobStatus, OutcomeSource
 from ._http import MAX_RETRY_AFTER
+from ._outcome import Outcome
+from ._parking import Wakers, park
 
 logger = logging.getLogger("cobalt_async.batch")
 
@@ -30,6 +27,8 @@ R = TypeVar("R")
 H = TypeVar("H", bound=JobHandle[Any])
 
 DEFAULT_CONCURRENCY = 32
+_YIELD_EVERY = 256
+"""``as_completed`` yields to the event loop at least once per this many handles."""
 MAX_RATE_LIMIT_RETRIES = 8
 
 
@@ -75,14 +74,19 @@ class _Throttle:
         self.ceiling = concurrency
         self.resume_at = 0.0
         self.rate_limited = 0
+        self.slowed = False
+        """Whether a 429 came: from then on every request takes a slot of the limiter."""
 
     async def wait_turn(self) -> None:
         # A deadline, not an event: a 429 answered during the pause moves it further away.
+        if not self.slowed:
+            return
         while (delay := self.resume_at - anyio.current_time()) > 0:  # noqa: ASYNC110
             await anyio.sleep(delay)
 
     def on_rate_limit(self, error: RateLimitError, attempt: int) -> None:
         self.rate_limited += 1
+        self.slowed = True
         # Capped as single requests cap it: one absurd Retry-After must not stall the batch.
         pause = None if error.retry_after is None else min(error.retry_after, MAX_RETRY_AFTER)
         if pause is None:
@@ -92,7 +96,7 @@ class _Throttle:
 
     def on_success(self) -> None:
         # Additive increase back towards the requested concurrency.
-        if self.limiter.total_tokens < self.ceiling:
+        if self.slowed and self.limiter.total_tokens < self.ceiling:
             self.limiter.total_tokens += 1
 
 
@@ -135,22 +139,25 @@ class _Batch(Generic[R, H]):
             request = self.build(item)
         except CobaltError as exc:
             return exc
+        throttle = self.throttle
         for attempt in range(MAX_RATE_LIMIT_RETRIES + 1):
-            async with self.throttle.limiter:
+            # Unthrottled, the workers are no more than the concurrency asked for: the
+            # limiter (and its trip through the event loop per item) only serves a slowdown.
+            async with throttle.limiter if throttle.slowed else nullcontext():
                 # Wait with the slot in hand: a worker queued on the limiter while a 429
                 # arrived must not send the moment it gets a slot, inside Retry-After.
-                await self.throttle.wait_turn()
+                await throttle.wait_turn()
                 try:
                     handle = await self.submit(request)
                 except RateLimitError as exc:
                     # A 429 means Cobalt did not take the request: resubmitting is safe.
                     if attempt == MAX_RATE_LIMIT_RETRIES:
                         return exc
-                    self.throttle.on_rate_limit(exc, attempt)
+                    throttle.on_rate_limit(exc, attempt)
                     continue
                 except CobaltError as exc:
                     return exc
-            self.throttle.on_success()
+            throttle.on_success()
             return handle
         raise AssertionError  # pragma: no cover
 
@@ -199,16 +206,53 @@ class WaitResult(Generic[H]):
         return [handle.job_id for handle in self.pending]
 
 
-async def _settle(handle: JobHandle[Any], deadline: float) -> JobStatus:
-    """Wait for *handle* until *deadline*; what it knows then (PENDING: nothing yet)."""
-    timeout = None if deadline == math.inf else max(0.0, deadline - anyio.current_time())
-    try:
-        await handle.wait(timeout=timeout)
-    except (JobFailedError, MalformedEventError):
-        return handle.status
-    except JobTimeoutError:
-        return JobStatus.PENDING
-    return JobStatus.SUCCEEDED
+class _Group(Generic[H]):
+    """The unfinished handles of one source, by job_id. Strictly private."""
+
+    __slots__ = ("by_id", "more", "source", "then")
+
+    def __init__(self, source: OutcomeSource) -> None:
+        self.source = source
+        self.by_id: dict[str, H] = {}
+        self.more: dict[str, list[H]] = {}
+        """Further handles of a job_id already in ``by_id`` (the same job, or handle, twice)."""
+        self.then: Callable[[H], None] | None = None
+        """Called with each handle as it gets its outcome."""
+
+    def add(self, handle: H) -> None:
+        if handle.job_id in self.by_id:
+            self.more.setdefault(handle.job_id, []).append(handle)
+        else:
+            self.by_id[handle.job_id] = handle
+
+    def settle(self, job_id: str, outcome: Outcome) -> None:
+        """Give the handles of *job_id* its outcome."""
+        handle, then = self.by_id[job_id], self.then
+        handle._settle(outcome)
+        if then is not None:
+            then(handle)
+        for other in self.more.get(job_id, ()) if self.more else ():
+            other._settle(outcome)
+            if then is not None:
+                then(other)
+
+    async def wait(self, deadline: float) -> None:
+        timeout = None if deadline == math.inf else max(0.0, deadline - anyio.current_time())
+        await self.source.wait_many(self.by_id, self.settle, timeout)
+
+
+def _groups(handles: Iterable[H]) -> list[_Group[H]]:
+    """The handles without an outcome yet, grouped by the client they wait through."""
+    groups: dict[int, _Group[H]] = {}
+    for handle in handles:
+        if handle.done():
+            continue
+        source = handle._jobs
+        group = groups.get(id(source))
+        if group is None:
+            group = groups[id(source)] = _Group(source)
+        group.add(handle)
+    return list(groups.values())
 
 
 async def wait_all(handles: Sequence[H], *, timeout: float | None = None) -> WaitResult[H]:
@@ -218,19 +262,19 @@ async def wait_all(handles: Sequence[H], *, timeout: float | None = None) -> Wai
     Never raises for a job's failure, an unreadable event or a timeout: the result sorts the
     handles instead,
     and ``unknown_job_ids`` names the jobs still without an outcome at the deadline.
+    The wait costs no task per handle: each job's slot calls this one waiting task back.
     """
     deadline = math.inf if timeout is None else anyio.current_time() + timeout
-    settled: dict[int, JobStatus] = {}
-
-    async def settle(index: int, handle: H) -> None:
-        settled[index] = await _settle(handle, deadline)
-
-    async with anyio.create_task_group() as task_group:
-        for index, handle in enumerate(handles):
-            task_group.start_soon(settle, index, handle)
+    groups = _groups(handles)
+    if len(groups) == 1:
+        await groups[0].wait(deadline)
+    elif groups:
+        async with anyio.create_task_group() as task_group:
+            for group in groups:
+                task_group.start_soon(group.wait, deadline)
     by_status: dict[JobStatus, list[H]] = {status: [] for status in JobStatus}
-    for index, handle in enumerate(handles):
-        by_status[settled[index]].append(handle)
+    for handle in handles:
+        by_status[handle.status].append(handle)
     return WaitResult(
         by_status[JobStatus.SUCCEEDED],
         by_status[JobStatus.FAILED],
@@ -242,12 +286,36 @@ async def wait_all(handles: Sequence[H], *, timeout: float | None = None) -> Wai
 class Completed(Generic[H]):
     """Handles in the order they finish; ``pending`` lists those left at the deadline."""
 
-    def __init__(self, handles: Sequence[H], receive: MemoryObjectReceiveStream[H]) -> None:
+    def __init__(self, handles: Sequence[H]) -> None:
         self._handles = handles
-        self._receive = receive
+        self._finished: deque[H] = deque()
+        self._waiting = 0
+        """Groups of handles still waiting."""
+        self._parked = Wakers()
+        self._taken = 0
 
-    def __aiter__(self) -> AsyncIterator[H]:
-        return aiter(self._receive)
+    def _add(self, handle: H) -> None:
+        self._finished.append(handle)
+        self._parked.wake()
+
+    def _group_done(self) -> None:
+        self._waiting -= 1
+        self._parked.wake()
+
+    def __aiter__(self) -> Completed[H]:
+        return self
+
+    async def __anext__(self) -> H:
+        # A finished handle is taken without a trip through the event loop: one per handle
+        # would cost more than the rest of the wait. Every _YIELD_EVERY-th still yields.
+        self._taken += 1
+        if not self._taken % _YIELD_EVERY:
+            await anyio.lowlevel.checkpoint()
+        while not self._finished:
+            if not self._waiting:
+                raise StopAsyncIteration
+            await park(self._parked)
+        return self._finished.popleft()
 
     @property
     def pending(self) -> list[H]:
@@ -264,24 +332,29 @@ async def as_completed(
     Use it as ``async with as_completed(handles) as finished: async for handle in
     finished: ...``. Iteration ends when every handle finished or *timeout* passed;
     ``finished.pending`` then names what is still unknown. Leaving the block early stops
-    the waits without losing any outcome.
+    the waits without losing any outcome. One task waits for all the handles of a client.
     """
     deadline = math.inf if timeout is None else anyio.current_time() + timeout
-    send, receive = anyio.create_memory_object_stream[H](max_buffer_size=math.inf)
+    completed = Completed(handles)
+    for handle in handles:
+        if handle.done():
+            completed._add(handle)  # finished already: yielded first, in their order
+    groups = _groups(handles)
+    completed._waiting = len(groups)
 
-    async def watch(sender: MemoryObjectSendStream[H], handle: H) -> None:
-        async with sender:
-            if await _settle(handle, deadline) is not JobStatus.PENDING:
-                await sender.send(handle)
+    async def watch(group: _Group[H]) -> None:
+        group.then = completed._add
+        try:
+            await group.wait(deadline)
+        finally:
+            completed._group_done()
 
     error: Exception | None = None
     async with anyio.create_task_group() as task_group:
-        async with send:
-            for handle in handles:
-                task_group.start_soon(watch, send.clone(), handle)
+        for group in groups:
+            task_group.start_soon(watch, group)
         try:
-            async with receive:
-                yield Completed(handles, receive)
+            yield completed
         except Exception as exc:
             # Raised again outside the task group, so the caller gets it as it was raised
             # (``await handle`` -> JobFailedError), not wrapped in an ExceptionGroup.

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from ._config import NOT_GIVEN, NotGiven
@@ -27,6 +27,13 @@ class OutcomeSource(Protocol):
     def wait_for(
         self, job_id: str, timeout: float | None | NotGiven
     ) -> Coroutine[Any, Any, Outcome]: ...
+
+    def wait_many(
+        self,
+        job_ids: Iterable[str],
+        on_outcome: Callable[[str, Outcome], None],
+        timeout: float | None,
+    ) -> Coroutine[Any, Any, None]: ...
 
 
 class JobStatus(enum.Enum):

@@ -349,11 +349,14 @@ class Jobs:
         self._poll_policy = poll
         self._job_timeout = job_timeout
         self._known: OrderedDict[str, None] = OrderedDict()
+        # One bound method for every wait, not one per pending wait.
+        self._backstop = self.first_terminal_event
 
     def using(self, requester: Requester, webhook_events: WebhookEvents) -> Jobs:
         """The same jobs, polled and reconciled through another requester's options."""
         derived = copy.copy(self)
         derived._requester, derived._webhook_events = requester, webhook_events
+        derived._backstop = derived.first_terminal_event
         return derived
 
     @overload
@@ -436,16 +439,36 @@ class Jobs:
     def wait_for(
         self, job_id: str, timeout: float | None | NotGiven
     ) -> Coroutine[Any, Any, Outcome]:
-        if self._requester.closed and not self._webhooks_expected:
-            msg = "the CobaltClient is closed and has no sink: nothing can resolve this job"
-            raise ClientClosedError(msg)
+        self._check_open()
         return self._sink.wait_for(
             job_id,
             timeout=self._job_timeout if isinstance(timeout, NotGiven) else timeout,
-            backstop=self.first_terminal_event,
+            backstop=self._backstop,
             policy=self._poll_policy,
             webhooks_expected=self._webhooks_expected,
         )
+
+    def wait_many(
+        self,
+        job_ids: Iterable[str],
+        on_outcome: Callable[[str, Outcome], None],
+        timeout: float | None,
+    ) -> Coroutine[Any, Any, None]:
+        """Wait for many jobs from one task (``wait_all``, ``as_completed``)."""
+        self._check_open()
+        return self._sink.wait_many(
+            job_ids,
+            on_outcome,
+            timeout=timeout,
+            backstop=self._backstop,
+            policy=self._poll_policy,
+            webhooks_expected=self._webhooks_expected,
+        )
+
+    def _check_open(self) -> None:
+        if self._requester.closed and not self._webhooks_expected:
+            msg = "the CobaltClient is closed and has no sink: nothing can resolve this job"
+            raise ClientClosedError(msg)
 
     async def track(self, handle: JobHandle[Any]) -> None:
         """Record a new job in the sink's pending registry; a sink outage loses nothing."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,9 @@ from cobalt_async import (
     InMemorySink,
     JobFailedError,
     JobHandle,
+    JobTimeoutError,
     NotFoundError,
+    PollPolicy,
     RateLimitError,
     RequestValidationError,
     ServerError,
@@ -31,6 +34,7 @@ from cobalt_async import (
     wait_all,
 )
 from cobalt_async._batch import _Throttle
+from cobalt_async._config import DEFAULT_POLL_POLICY
 from cobalt_async._http import MAX_RETRY_AFTER
 from cobalt_async.testing import (
     FakeCobalt,
@@ -38,6 +42,8 @@ from cobalt_async.testing import (
     make_task_failed_event,
     signed_delivery,
 )
+
+from .support import until
 
 pytestmark = pytest.mark.anyio
 
@@ -125,7 +131,9 @@ class Cobalt:
 
 
 @asynccontextmanager
-async def cobalt(*, webhooks: bool = True, **gateway: Any) -> AsyncIterator[Cobalt]:
+async def cobalt(
+    *, webhooks: bool = True, poll: PollPolicy = DEFAULT_POLL_POLICY, **gateway: Any
+) -> AsyncIterator[Cobalt]:
     """A FakeCobalt behind a Gateway, and a client resolving handles from its webhooks."""
     sink = InMemorySink()
     fake = FakeCobalt(latency=0.0)
@@ -135,7 +143,7 @@ async def cobalt(*, webhooks: bool = True, **gateway: Any) -> AsyncIterator[Coba
     async with fake:
         proxy = Gateway(fake.transport, **gateway)
         async with CobaltClient(
-            base_url=fake.base_url, transport=proxy, sink=sink, **fake.credentials
+            base_url=fake.base_url, transport=proxy, sink=sink, poll=poll, **fake.credentials
         ) as client:
             yield Cobalt(fake, client, sink, receiver, proxy)
 
@@ -453,3 +461,173 @@ async def test_a_batch_pause_honours_retry_after_up_to_the_single_request_cap(
     throttle.on_rate_limit(error, attempt=0)
 
     assert throttle.resume_at - before == pytest.approx(pause, abs=1.0)
+
+
+# -- one waiting task for the whole set ---------------------------------------------------
+
+
+def created_events(handles: list[JobHandle[Any]]) -> list[dict[str, Any]]:
+    return [make_task_created_event(job_id=handle.job_id) for handle in handles]
+
+
+async def test_wait_all_runs_no_task_per_handle_and_keeps_the_input_order() -> None:
+    """300 handles cost one waiting task; the result lists them in input order."""
+    job_ids = [str(5000 + n) for n in range(300)]
+    with anyio.fail_after(LIMIT):
+        async with cobalt(webhooks=False) as env:
+            handles = await attached(env, *job_ids)
+            results: list[Any] = []
+            before = len(anyio.get_running_tasks())
+            async with anyio.create_task_group() as tg:
+
+                async def wait() -> None:
+                    results.append(await wait_all(handles))
+
+                tg.start_soon(wait)
+                await until(lambda: env.sink.stats().pending == len(handles))
+                during = len(anyio.get_running_tasks())
+                for event in reversed(created_events(handles)):
+                    await env.deliver(event)
+
+    assert 1 == during - before
+    assert handles == results[0].succeeded
+    assert [] == results[0].pending
+
+
+async def test_as_completed_yields_many_handles_in_the_order_their_outcomes_arrive() -> None:
+    """Outcomes delivered in a shuffled order are yielded in that order."""
+    with anyio.fail_after(LIMIT):
+        async with cobalt(webhooks=False) as env:
+            handles = await attached(env, *(str(6000 + n) for n in range(300)))
+            order = random.Random(7).sample(handles, len(handles))
+            async with as_completed(handles) as finished:
+                await until(lambda: env.sink.stats().pending == len(handles))
+                for event in created_events(order):
+                    await env.deliver(event)
+                yielded = [handle async for handle in finished]
+
+    assert order == yielded
+
+
+async def test_handles_finished_before_as_completed_are_yielded_first() -> None:
+    """A handle that already knows its outcome is yielded at once, before the others."""
+    with anyio.fail_after(LIMIT):
+        async with cobalt(webhooks=False) as env:
+            waiting, known = await attached(env, "6101", "6102")
+            await env.deliver(make_task_created_event(job_id="6102"))
+            await known
+            async with as_completed([waiting, known]) as finished:
+                await until(lambda: env.sink.stats().pending == 1)
+                await env.deliver(make_task_created_event(job_id="6101"))
+                yielded = [handle async for handle in finished]
+
+    assert [known, waiting] == yielded
+
+
+async def test_cancelling_wait_all_frees_every_slot_and_loses_no_outcome() -> None:
+    """Cancelled mid-wait: no slot is left, and every outcome is still there to await."""
+    with anyio.fail_after(LIMIT):
+        async with cobalt(webhooks=False) as env:
+            handles = await attached(env, *(str(7000 + n) for n in range(50)))
+            events = created_events(handles)
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(wait_all, handles)
+                    await until(lambda: env.sink.stats().pending == len(handles))
+                    for event in events[:10]:
+                        await env.deliver(event)
+                    scope.cancel()
+            assert 0 == env.sink.stats().pending
+            for event in events[10:]:
+                await env.deliver(event)
+            resolved = [await handle.wait(timeout=1.0) for handle in handles]
+
+    assert [handle.job_id for handle in handles] == [event.job_id for event in resolved]
+
+
+async def test_wait_all_polls_each_unknown_job_once_at_its_deadline() -> None:
+    """No webhook arrives: at the deadline each job is polled once, and its outcome kept."""
+    with anyio.fail_after(LIMIT):
+        async with cobalt() as env:
+            env.fake.drop_rate = 1.0  # Cobalt records the events but never delivers them
+            handles = handles_of(
+                await env.client.tasks.create_many([task(f"MRN-{n}") for n in range(5)])
+            )
+            await env.fake.drain()
+            requests = env.fake.stats.requests
+            started = anyio.current_time()
+            result = await wait_all(handles, timeout=0.2)
+            elapsed = anyio.current_time() - started
+            polls = env.fake.stats.requests - requests
+
+    assert handles == result.succeeded
+    assert {"poll"} == {handle.resolved_via for handle in handles}
+    assert len(handles) == polls
+    assert 0.2 <= elapsed < 3.0
+
+
+async def test_the_set_polls_after_a_silence_as_each_wait_would() -> None:
+    """Without a deadline, the backstop polls every job after the silence and resolves it."""
+    quick = PollPolicy(silence=0.05, max_silence=0.1)
+    with anyio.fail_after(LIMIT):
+        async with cobalt(poll=quick) as env:
+            env.fake.drop_rate = 1.0
+            handles = handles_of(
+                await env.client.tasks.create_many([task(f"MRN-{n}") for n in range(4)])
+            )
+            async with as_completed(handles) as finished:
+                yielded = [handle async for handle in finished]
+
+    assert set(handles) == set(yielded)
+    assert {"poll"} == {handle.resolved_via for handle in handles}
+    assert len(handles) == env.sink.stats().backstop_polls
+
+
+async def test_a_set_and_a_single_wait_share_a_job_and_never_disturb_each_other() -> None:
+    """One job awaited alone and in wait_all: the single wait times out, the set resolves."""
+    with anyio.fail_after(LIMIT):
+        async with cobalt(webhooks=False) as env:
+            alone, other = await attached(env, "7101", "7102")
+            results: list[Any] = []
+            async with anyio.create_task_group() as tg:
+
+                async def wait() -> None:
+                    results.append(await wait_all([alone, other], timeout=5.0))
+
+                tg.start_soon(wait)
+                await until(lambda: env.sink.stats().pending == 2)
+                with pytest.raises(JobTimeoutError):
+                    await env.client.jobs.attach("7101", "task").wait(timeout=0.05)
+                assert 2 == env.sink.stats().pending
+                await env.deliver(make_task_created_event(job_id="7101"))
+                await env.deliver(make_task_created_event(job_id="7102"))
+
+    assert [alone, other] == results[0].succeeded
+    assert 0 == env.sink.stats().pending
+
+
+async def test_wait_all_and_as_completed_span_clients_and_repeated_jobs() -> None:
+    """Handles of two clients, and one job held by two handles, all resolve."""
+    with anyio.fail_after(LIMIT):
+        async with AsyncExitStack() as stack:
+            first = await stack.enter_async_context(cobalt(webhooks=False))
+            second = await stack.enter_async_context(cobalt(webhooks=False))
+            ours = await attached(first, "7201", "7201")
+            theirs = await attached(second, "7202")
+            handles = [ours[0], theirs[0], ours[1], ours[0]]
+            results: list[Any] = []
+            async with anyio.create_task_group() as tg:
+
+                async def wait() -> None:
+                    results.append(await wait_all(handles, timeout=5.0))
+
+                tg.start_soon(wait)
+                await until(lambda: first.sink.stats().pending + second.sink.stats().pending == 2)
+                await first.deliver(make_task_created_event(job_id="7201"))
+                await second.deliver(make_task_created_event(job_id="7202"))
+            again = first.client.jobs.attach("7201", "task")
+            async with as_completed([again, theirs[0], again]) as finished:
+                yielded = [handle async for handle in finished]
+
+    assert handles == results[0].succeeded
+    assert [theirs[0], again, again] == yielded

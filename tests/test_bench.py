@@ -22,7 +22,9 @@ SERVER_METRICS = {"wakeup_redis", "wakeup_postgres", "stores_postgres"}
 KEYS = {"name", "value", "baseline", "ratio", "target", "unit"}
 NAMES = {
     "submit_throughput",
+    "create_many_cpu",
     "webhook_ingest",
+    "webhook_ingest_fragmented",
     "memory_per_handle",
     "wakeup_inprocess",
     "wakeup_redis",
@@ -31,6 +33,11 @@ NAMES = {
     "stores_postgres",
     "scaling",
     "requests_per_job",
+    "wait_all_cpu",
+    "as_completed_cpu",
+    "wait_all_memory",
+    "gc_objects_per_handle",
+    "gc_pause",
 }
 
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
@@ -27,7 +28,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from cobalt_async import JobTimeoutError, SinkUnavailableError
+from cobalt_async import JobTimeoutError, PollPolicy, SinkUnavailableError
 from cobalt_async.models import JobEvent, TaskCreatedEvent, TaskFailedEvent, UnknownEvent
 from cobalt_async.sinks import InMemorySink, Outcome, Sink, StoreStats
 from tests.support import fake_clock, until
@@ -767,3 +768,91 @@ class TestRandomSequences:
                 suppress_health_check=[HealthCheck.too_slow],
             ),
         )
+
+
+class TestWaitMany:
+    """``sink.wait_many``: one task waits for many jobs, with the protocol of a single wait."""
+
+    async def test_a_slot_settled_before_its_waiter_left_is_reported_at_once(self) -> None:
+        """A slot shared with a wait that is woken but not yet gone counts as settled."""
+        sink = InMemorySink()
+        seen: list[str] = []
+        with anyio.fail_after(2):
+            async with anyio.create_task_group() as tg:
+                waiters = Waiters(sink, tg)
+                index = waiters.start()
+                await until(lambda: sink.stats().pending == 1)
+                await sink.publish(created())  # the waiter is woken, and has not run yet
+                await sink.wait_many([JOB], lambda job_id, _: seen.append(job_id), timeout=None)
+                await waiters.finished(index)
+        assert [JOB] == seen
+        assert 0 == sink.stats().pending
+
+    async def test_polls_are_due_per_slot_as_each_wait_would_make_them(self) -> None:
+        """A job whose slot an earlier wait opened is polled on that wait's schedule."""
+        sink = InMemorySink()
+        polled: list[tuple[str, float]] = []
+
+        async def backstop(job_id: str) -> JobEvent:
+            polled.append((job_id, anyio.current_time()))
+            return created(job_id)  # type: ignore[no-any-return]
+
+        policy = PollPolicy(silence=0.3, max_silence=0.3)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                alone = partial(sink.wait_for, backstop=backstop, policy=policy)
+                tg.start_soon(partial(alone, "early", timeout=None))
+                await until(lambda: sink.stats().pending == 1)
+                started = anyio.current_time()
+                await anyio.sleep(0.15)
+                both = ["early", "late"]
+                ignore = lambda *_: None  # noqa: E731
+                await sink.wait_many(both, ignore, timeout=None, backstop=backstop, policy=policy)
+        assert ["early", "late"] == [job_id for job_id, _ in polled]
+        assert polled[0][1] - started < 0.3 + 0.14 <= polled[1][1] - started
+
+    async def test_a_deadline_passing_mid_poll_gets_one_last_poll(self) -> None:
+        """As a single wait does: the poll in flight ends, then a final one, then give up."""
+        sink = InMemorySink()
+        calls: list[float] = []
+
+        async def backstop(job_id: str) -> JobEvent | None:
+            calls.append(anyio.current_time())
+            if len(calls) == 1:
+                await anyio.sleep(0.2)  # past the deadline
+                return None
+            return created(job_id)  # type: ignore[no-any-return]
+
+        seen: list[Outcome] = []
+        with anyio.fail_after(5):
+            await sink.wait_many(
+                [JOB],
+                lambda _, outcome: seen.append(outcome),
+                timeout=0.1,
+                backstop=backstop,
+                policy=PollPolicy(silence=0.01, max_silence=0.01),
+            )
+        assert 2 == len(calls)
+        assert ["poll"] == [outcome.via for outcome in seen]
+        assert 0 == sink.stats().pending
+
+
+class TestParking:
+    """A wait parks on its slot for the cost of a future, and leaves nothing behind."""
+
+    async def test_waits_timing_out_on_a_shared_slot_leave_no_waker_behind(self) -> None:
+        """Fifty short waits beside a long one: the slot keeps only what is still parked."""
+        sink = InMemorySink()
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                waiters = Waiters(sink, tg)
+                long = waiters.start()
+                await until(lambda: sink.stats().pending == 1)
+                for _ in range(50):
+                    with pytest.raises(JobTimeoutError):
+                        await sink.wait_for(JOB, timeout=0.001)
+                parked = sink._correlator._slots[JOB].wakers
+                await sink.publish(created())
+                await waiters.finished(long)
+        assert len(parked) <= 2 if isinstance(parked, list) else parked is not None
+        assert isinstance(waiters.results[long], Outcome)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, NamedTuple, Self
@@ -212,6 +212,32 @@ class Sink(abc.ABC):
         # hundreds of thousands of) pending waits.
         return self._correlator.wait(
             job_id,
+            timeout=timeout,
+            backstop=backstop,
+            policy=policy,
+            webhooks_expected=webhooks_expected,
+        )
+
+    def wait_many(
+        self,
+        job_ids: Iterable[str],
+        on_outcome: Callable[[str, Outcome], None],
+        *,
+        timeout: float | None,
+        backstop: Backstop | None = None,
+        policy: PollPolicy = DEFAULT_POLL_POLICY,
+        webhooks_expected: bool = True,
+    ) -> Coroutine[Any, Any, None]:
+        """
+        Wait for many jobs from one task, without a task or a timer per job.
+
+        *on_outcome(job_id, outcome)* is called as each outcome is learnt, in that order.
+        Returns once every job has one, or when *timeout* passed (after the final backstop
+        polls), leaving the others unknown; the protocol is :meth:`wait_for`'s.
+        """
+        return self._correlator.wait_many(
+            job_ids,
+            on_outcome,
             timeout=timeout,
             backstop=backstop,
             policy=policy,

@@ -19,6 +19,7 @@ import abc
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, suppress
+from functools import partial
 from typing import ClassVar, TypeAlias
 
 import anyio
@@ -271,3 +272,34 @@ class SinkContract(abc.ABC):
         await submitter.publish(created("kept"))
         await waiter.wait_for("kept", timeout=None)
         assert await submitter.list_pending() == []
+
+    @_scenario(sinks=2)
+    async def test_a_wait_for_many_reports_each_outcome_as_it_arrives(
+        self, sinks: list[Sink]
+    ) -> None:
+        """``wait_many``: stored before, then during the wait, each reported once, in turn."""
+        publisher, waiter = sinks
+        await publisher.publish(created("many-0"))
+        reads = StoreReads(waiter)
+        seen: list[str] = []
+
+        def report(job_id: str, outcome: Outcome) -> None:
+            assert job_id == outcome.event.job_id
+            seen.append(job_id)
+
+        async def arrived(count: int) -> None:
+            while len(seen) < count:
+                await anyio.lowlevel.checkpoint()
+
+        async with anyio.create_task_group() as group:
+            ids = ["many-0", "many-1", "many-2", "many-1"]
+            group.start_soon(partial(waiter.wait_many, ids, report, timeout=None))
+            await reads.wait_for(1)
+            await arrived(1)
+            await publisher.publish(created("many-2"))
+            await arrived(2)
+            await publisher.publish(failed("many-1"))
+        assert seen == ["many-0", "many-2", "many-1"]
+        assert waiter.stats().pending == 0
+        await waiter.wait_many(["absent"], report, timeout=0.05)
+        assert (len(seen), waiter.stats().pending) == (3, 0)
