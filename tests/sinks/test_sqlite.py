@@ -416,6 +416,16 @@ async def test_a_failed_wake_up_read_is_followed_by_a_reread(
         if call == 2:  # the first is the wait's own store read
             raise sqlite3.OperationalError("disk I/O error")
 
+    finished: list[int] = []
+    inner = sink._db.outcomes
+
+    def outcomes(*args: Any) -> Any:
+        try:
+            return inner(*args)
+        finally:
+            finished.append(1)
+
+    sink._db.outcomes = outcomes  # type: ignore[method-assign]
     reads = counting(sink, "outcomes", before=fail_the_listeners_read)
     results: list[Outcome] = []
     with anyio.fail_after(LIMIT):
@@ -426,7 +436,8 @@ async def test_a_failed_wake_up_read_is_followed_by_a_reread(
 
             async with anyio.create_task_group() as group:
                 group.start_soon(wait)
-                await until(lambda: len(reads) == 1)
+                # Past the wait's own read: only the listener's can see the outcome.
+                await until(lambda: len(finished) == 1)
                 await publisher.publish(event("g1"))
     assert "evt_ok_g1" == results[0].event.id
     assert len(reads) >= 3
