@@ -22,7 +22,9 @@ METRICS: dict[str, Measure] = {
     "wakeup_redis": _wakeup.measure_redis,
     "wakeup_sqlite": _wakeup.measure_sqlite,
     "wakeup_postgres": _wakeup.measure_postgres,
-    "stores_postgres": _stores.measure,
+    "stores_sqlite": _stores.measure_sqlite,
+    "stores_redis": _stores.measure_redis,
+    "stores_postgres": _stores.measure_postgres,
     "scaling": _scaling.measure,
     "requests": _requests.measure,
 }
