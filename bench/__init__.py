@@ -31,9 +31,14 @@ Metrics (short names for ``--only``):
   ``INSERT`` -> a poll of the table at the sink's ``poll_interval``; p99 target <= 50 ms.
 - ``wakeup_postgres``: the same through ``PostgresSink`` (a private PostgreSQL cluster), vs a
   bare asyncpg ``NOTIFY`` -> ``LISTEN`` callback; target p99 ratio <= 2.
-- ``stores_postgres``: webhooks stored per second, ``WebhookReceiver.receive`` into
-  ``PostgresSink`` vs the sink's own statement issued bare with asyncpg (same pool size and
-  concurrency); target ratio >= 0.45.
+- ``stores_sqlite``: webhooks stored per second, ``WebhookReceiver.receive`` into
+  ``SQLiteSink`` (a temporary file) vs the sink's own put transaction issued bare with the
+  stdlib ``sqlite3`` from worker threads (as many connections, same concurrency); target
+  ratio >= 0.6.
+- ``stores_redis``: the same into ``RedisSink`` (a private redis-server) vs the sink's own
+  publish script issued bare with redis-py; target ratio >= 0.45.
+- ``stores_postgres``: the same into ``PostgresSink`` vs the sink's own statement issued bare
+  with asyncpg (same pool size and concurrency); target ratio >= 0.45.
 - ``scaling``: CPU per resolved event with 100,000 pending handles / with 1,000; <= 1.3.
 - ``requests``: HTTP requests per resolved job for a 30 s job with webhooks (counted at the
   fake, time scaled) vs Cobalt's 1-second polling helper; target exactly 1.0.

@@ -18,7 +18,7 @@ import pytest
 from bench._common import Metric, Sizes, Target
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVER_METRICS = {"wakeup_redis", "wakeup_postgres", "stores_postgres"}
+SERVER_METRICS = {"wakeup_redis", "wakeup_postgres", "stores_redis", "stores_postgres"}
 KEYS = {"name", "value", "baseline", "ratio", "target", "unit"}
 NAMES = {
     "submit_throughput",
@@ -30,6 +30,8 @@ NAMES = {
     "wakeup_redis",
     "wakeup_sqlite",
     "wakeup_postgres",
+    "stores_sqlite",
+    "stores_redis",
     "stores_postgres",
     "scaling",
     "requests_per_job",
