@@ -149,20 +149,24 @@ def test_demo_chaos_3000_tasks_loses_nothing() -> None:
     assert 0.9 * 1.5 * summary["fetches"] < summary["notes"] <= 1.5 * summary["fetches"]
 
 
-@pytest.mark.parametrize("sink", ["sqlite", "redis"])
+@pytest.mark.parametrize("sink", ["sqlite", "redis", "postgres"])
 def test_demo_through_a_shared_sink_loses_nothing(
     sink: str, request: pytest.FixtureRequest
 ) -> None:
     """``--sink``: the receiver stores into one instance and the client waits on another."""
     flags = ["--sink", sink]
-    if sink == "redis":  # a server of this test alone: job ids restart with every demo
+    # Servers of this test alone: job ids restart with every demo.
+    if sink == "redis":
         flags += ["--sink-url", request.getfixturevalue("fresh_redis_server").url]
+    if sink == "postgres":
+        flags += ["--sink-url", request.getfixturevalue("fresh_postgres_server").dsn]
     status, summary = run_demo(
         *("--tasks", "60", "--duplicate-rate", "0.2", "--early-rate", "0.2", "--seed", "3"), *flags
     )
 
     assert (status, summary["lost"]) == (0, 0)
-    assert summary["sink"] == {"sqlite": "SQLiteSink", "redis": "RedisSink"}[sink]
+    names = {"sqlite": "SQLiteSink", "redis": "RedisSink", "postgres": "PostgresSink"}
+    assert summary["sink"] == names[sink]
     assert_accounted_for(summary)
     assert summary["duplicates"] > 0
     assert summary["resolved_via"] == {"webhook": summary["submitted"]}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -12,7 +14,7 @@ from fastapi import FastAPI
 
 from cobalt_async import ConfigurationError
 from cobalt_async.fastapi import app_client, cobalt_lifespan, webhook_router
-from cobalt_async.sinks import InMemorySink, RedisSink, SQLiteSink, sink_from_url
+from cobalt_async.sinks import InMemorySink, PostgresSink, RedisSink, SQLiteSink, sink_from_url
 from cobalt_async.testing import make_task_created_event, signed_delivery
 
 pytestmark = pytest.mark.anyio
@@ -25,6 +27,8 @@ def test_each_scheme_builds_its_sink(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert isinstance(sink_from_url("redis://127.0.0.1:6379/0"), RedisSink)
     assert isinstance(sink_from_url("rediss://user:pw@cache.internal:6380/1"), RedisSink)
     assert isinstance(sink_from_url("memory://"), InMemorySink)
+    assert isinstance(sink_from_url("postgresql://app:pw@db.internal:5432/app"), PostgresSink)
+    assert isinstance(sink_from_url("postgres://app@db.internal/app?sslmode=require"), PostgresSink)
     relative = sink_from_url("sqlite:///cobalt.db")
     absolute = sink_from_url(f"sqlite:///{tmp_path}/other%20name.db")
     assert isinstance(relative, SQLiteSink)
@@ -73,3 +77,31 @@ async def test_the_lifespan_stores_webhooks_in_the_database_url_sqlite_file(
             stored = await worker.get_outcomes(["77"])
     assert 200 == answer.status_code
     assert "task.created" == stored["77"].event.type
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # asyncpg runs on asyncio only
+async def test_the_lifespan_stores_webhooks_in_the_database_url_postgres_database(
+    postgres_server: Any,
+) -> None:
+    """``database_url="postgresql://..."``: a PostgresSink; another one (a pod) reads it."""
+    job_id = f"pg-{uuid.uuid4().hex[:8]}"  # the session's cluster is shared by other tests
+    credentials = {"client_id": "ci", "client_secret": "cs", "access_token": "at"}
+    lifespan = cobalt_lifespan(
+        database_url=postgres_server.dsn, webhook_secrets=[SECRET], **credentials
+    )
+    app = FastAPI(lifespan=lifespan)
+    app.include_router(webhook_router())
+    body, headers = signed_delivery(make_task_created_event(job_id=job_id), SECRET)
+    with anyio.fail_after(20):
+        async with (
+            LifespanManager(app) as manager,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=manager.app), base_url="http://app.test"
+            ) as http,
+        ):
+            assert isinstance(app_client(app).sink, PostgresSink)
+            answer = await http.post("/webhooks/cobalt", content=body, headers=headers)
+        async with PostgresSink(postgres_server.dsn) as pod:
+            stored = await pod.get_outcomes([job_id])
+    assert 200 == answer.status_code
+    assert "task.created" == stored[job_id].event.type
