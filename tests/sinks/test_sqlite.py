@@ -449,7 +449,9 @@ async def test_a_backlog_longer_than_one_poll_is_read_at_once(
     """Outcomes committed faster than a poll reads them: full polls are followed at once."""
     monkeypatch.setattr(_sqlite, "_BATCH", 2)
     publisher = new_sink()
-    sink = new_sink(poll_interval=3600)  # only a full poll can be followed by another
+    # Only a full poll can be followed by another; and no poll may fail on a loaded machine,
+    # which would be followed by a re-read instead.
+    sink = new_sink(poll_interval=3600, command_timeout=LIMIT / 4)
     go = threading.Event()
 
     def hold_the_first_poll(call: int) -> None:
@@ -493,7 +495,7 @@ async def test_a_write_waits_out_a_lock_held_briefly(
     database: Path, holder: sqlite3.Connection, new_sink: Callable[..., SQLiteSink]
 ) -> None:
     """SQLITE_BUSY is retried within command_timeout: a short lock costs time, not a 503."""
-    sink = new_sink()
+    sink = new_sink(command_timeout=LIMIT / 4)  # room for a loaded machine's slow threads
     with anyio.fail_after(LIMIT):
         await sink.get_outcomes(["b1"])  # its connection is open before the lock is taken
     holder.execute("BEGIN IMMEDIATE")
