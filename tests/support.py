@@ -43,11 +43,22 @@ SECRET = "whsec_test"
 # -- waiting and time --------------------------------------------------------------------------
 
 
+_SPINS = 100
+"""Bare checkpoints ``until`` yields before it also lets a millisecond pass between checks."""
+
+
 async def until(predicate: Callable[[], bool], *, timeout: float = 5.0) -> None:
     """Yield to other tasks until *predicate* holds; fail after *timeout* seconds."""
     with anyio.fail_after(timeout):
+        spins = 0
         while not predicate():
-            await anyio.lowlevel.checkpoint()
+            spins += 1
+            if spins < _SPINS:
+                await anyio.lowlevel.checkpoint()
+            else:
+                # A loop of bare checkpoints would hold the GIL against the worker threads it
+                # may be waiting for (a sink's sqlite3 calls): past a few, let time pass.
+                await anyio.sleep(0.001)
 
 
 class FakeClock:
