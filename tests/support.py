@@ -53,12 +53,9 @@ async def until(predicate: Callable[[], bool], *, timeout: float = 5.0) -> None:
         spins = 0
         while not predicate():
             spins += 1
-            if spins < _SPINS:
-                await anyio.lowlevel.checkpoint()
-            else:
-                # A loop of bare checkpoints would hold the GIL against the worker threads it
-                # may be waiting for (a sink's sqlite3 calls): past a few, let time pass.
-                await anyio.sleep(0.001)
+            # Bare checkpoints (a sleep of 0) react at once, but a long run of them holds the
+            # GIL against the worker threads it may wait for (a sink's sqlite3 calls).
+            await anyio.sleep(0 if spins < _SPINS else 0.001)
 
 
 class FakeClock:
