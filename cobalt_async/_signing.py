@@ -151,8 +151,8 @@ class Verifier:
         self.clock = clock
         # secret -> (its HMAC state, when it retires or None): keyed by the secret itself, so
         # adding one twice is harmless; never shown by any repr.
-        self._keys: dict[str, tuple[Any, float | None]] = {}
-        self._macs: list[Any] = []
+        self._keys: dict[str, tuple[_Key, float | None]] = {}
+        self._macs: list[_Key] = []
         self._next_retirement = math.inf
         for secret in secrets:
             self.add(secret)
@@ -168,7 +168,7 @@ class Verifier:
         if not isinstance(secret, str) or not secret.strip():
             msg = "a webhook secret must be a non-empty string, such as rotate_secret() returned"
             raise ConfigurationError(msg)
-        self._keys[secret] = (hmac.new(secret.encode(), digestmod=hashlib.sha256), None)
+        self._keys[secret] = (_Key(secret.encode()), None)
         self._rebuild()
 
     def retire(self, secret: str, *, after: float) -> bool:
@@ -189,7 +189,8 @@ class Verifier:
         self._rebuild()
 
     def _prune(self) -> None:
-        if self.clock() >= self._next_retirement:
+        # Without a retirement due, no clock read: once per delivery.
+        if self._next_retirement < math.inf and self.clock() >= self._next_retirement:
             self._rebuild()
 
     def _rebuild(self) -> None:
@@ -204,11 +205,9 @@ class Verifier:
     def _matches(self, body: bytes, signature: bytes) -> bool:
         self._prune()
         found = False
-        for mac in self._macs:
-            candidate = mac.copy()
-            candidate.update(body)
+        for key in self._macs:
             # No early exit: the time taken does not tell which secret matched.
-            found |= hmac.compare_digest(candidate.hexdigest().encode(), signature)
+            found |= hmac.compare_digest(key.hexdigest(body), signature)
         return found
 
     def verify(self, body: bytes, signature: str | bytes | None) -> Any:
@@ -242,6 +241,35 @@ class Verifier:
         msg = f"{SIGNATURE_HEADER} does not match: wrong secret, or the body was altered"
         raise WebhookVerificationError(msg)
 
+
+class _Key:
+    """
+    One secret's HMAC-SHA256 (RFC 2104), its padded key already hashed in.
+
+    The same digest as ``hmac.new(key, body, "sha256")``, for half its cost per delivery: a
+    copy of each of two hash states, where ``hmac``'s own copy builds an object in Python.
+    """
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > _BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(key.translate(_IPAD))
+        self._outer = hashlib.sha256(key.translate(_OPAD))
+
+    def hexdigest(self, body: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(body)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest().encode()
+
+
+_BLOCK = hashlib.sha256().block_size
+_IPAD = bytes(byte ^ 0x36 for byte in range(256))
+_OPAD = bytes(byte ^ 0x5C for byte in range(256))
 
 RAW: Any = object()
 """What :meth:`Verifier.verify` returns when the raw bytes verified: parse them as they are."""

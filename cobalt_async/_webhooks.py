@@ -318,7 +318,8 @@ class WebhookReceiver:
         """The delivery's event, or the receipt that refuses it."""
         if len(body) > self.max_body_bytes:
             return Receipt(413, "too_large", f"body over {self.max_body_bytes} bytes")
-        self._reload(now=False)
+        if self._file is not None:
+            self._reload(now=False)
         try:
             try:
                 parsed = self._verifier.verify(body, signature)

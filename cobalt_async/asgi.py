@@ -116,12 +116,18 @@ def _answer_parts(result: str, extra: _Headers) -> tuple[_Headers, bytes]:
     return ((b"content-type", b"application/json"), (b"content-length", length), *extra), body
 
 
-def _answer(status: int, result: str, extra: _Headers = ()) -> tuple[Message, Message]:
-    """The two messages of an answer."""
+@functools.cache
+def _answer_messages(status: int, result: str, extra: _Headers) -> tuple[Message, Message]:
     headers, body = _answer_parts(result, extra)
-    # A fresh list each time: middleware may change the headers it is sent.
-    start = {"type": "http.response.start", "status": status, "headers": list(headers)}
+    start = {"type": "http.response.start", "status": status, "headers": headers}
     return start, {"type": "http.response.body", "body": body}
+
+
+def _answer(status: int, result: str, extra: _Headers = ()) -> tuple[Message, Message]:
+    """The two messages of an answer, built once; sent as copies."""
+    start, body = _answer_messages(status, result, extra)
+    # Copies, with a list of headers: middleware may change the messages it is sent.
+    return {**start, "headers": list(start["headers"])}, body.copy()
 
 
 async def _send_status(send: Send, status: int, result: str, extra: _Headers = ()) -> None:

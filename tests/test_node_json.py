@@ -19,8 +19,8 @@ import anyio
 import httpx
 import pytest
 
-from cobalt_async import CobaltClient, InMemorySink, WebhookReceiver
-from cobalt_async._signing import compact_json
+from cobalt_async import CobaltClient, InMemorySink, WebhookReceiver, WebhookVerificationError
+from cobalt_async._signing import RAW, Verifier, compact_json
 from cobalt_async.testing import make_task_note_created_event
 
 pytestmark = pytest.mark.anyio
@@ -149,6 +149,42 @@ async def test_a_node_signed_body_reserialised_on_the_way_still_verifies() -> No
 
     assert (200, "accepted") == (receipt.status_code, receipt.result)
     assert compact_json(json.loads(reindented)) == body
+
+
+HMAC_SCRIPT = """
+const crypto = require("crypto");
+const body = "{\\"id\\":\\"evt_1\\"}";
+const secrets = JSON.parse(process.argv[1]);
+const signatures = secrets.map((secret) =>
+  crypto.createHmac("sha256", secret).update(body).digest("hex"));
+process.stdout.write(JSON.stringify({ body, signatures }));
+"""
+
+
+def test_secrets_of_every_length_verify_what_node_signed_with_them() -> None:
+    """
+    Node's HMAC, for secrets shorter than, as long as and longer than SHA-256's 64-byte
+    block (a longer key is hashed first), some of them not ASCII.
+    """
+    secrets = ["k", "k" * 63, "k" * 64, "k" * 65, "é" * 40, "whsec_" + "x" * 200]
+    done = subprocess.run(
+        [node(), "-e", HMAC_SCRIPT, json.dumps(secrets)],
+        capture_output=True,
+        timeout=TIMEOUT,
+        check=True,
+    )
+    signed = json.loads(done.stdout)
+    body = signed["body"].encode()
+
+    verified = [
+        Verifier([secret]).verify(body, signature) is RAW
+        for secret, signature in zip(secrets, signed["signatures"], strict=True)
+    ]
+    crossed = Verifier(secrets[:1]).verify  # another secret's signature never verifies
+
+    assert [True] * len(secrets) == verified
+    with pytest.raises(WebhookVerificationError):
+        crossed(body, signed["signatures"][1])
 
 
 LISTING_SCRIPT = """
