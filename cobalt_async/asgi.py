@@ -127,7 +127,7 @@ def _answer(status: int, result: str, extra: _Headers = ()) -> tuple[Message, Me
     """The two messages of an answer, built once; sent as copies."""
     start, body = _answer_messages(status, result, extra)
     # Copies, with a list of headers: middleware may change the messages it is sent.
-    return {**start, "headers": list(start["headers"])}, body.copy()
+    return {**start, "headers": list(start["headers"])}, {**body}
 
 
 async def _send_status(send: Send, status: int, result: str, extra: _Headers = ()) -> None:
