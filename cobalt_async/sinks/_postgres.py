@@ -48,6 +48,7 @@ from ._shared import (
     Outage,
     Rereads,
     backoff,
+    carried_outcome,
     decode_outcome,
     encode_outcome,
     not_open,
@@ -534,13 +535,11 @@ class PostgresSink(Sink):
             self._cursor = seq
         if not self.is_awaited(job_id):
             return
-        if encoded:
-            # The row itself, committed: settle the wait without reading it back.
-            try:
-                self._correlator.resolve(job_id, decode_outcome(encoded))
-                return
-            except (ValueError, KeyError):
-                logger.warning("job %s: unreadable notification, reading the row", job_id)
+        # The row itself, committed: the wait settles without reading it back.
+        carried = carried_outcome(job_id, encoded, logger)
+        if carried is not None:
+            self._correlator.resolve(job_id, carried)
+            return
         self._woken.append(job_id)
         self._signal.set()
 

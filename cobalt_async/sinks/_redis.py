@@ -42,6 +42,7 @@ from ._shared import (
     Outage,
     Rereads,
     backoff,
+    carried_outcome,
     decode_outcome,
     decode_pending,
     encode_outcome,
@@ -51,10 +52,11 @@ from ._shared import (
 
 logger = logging.getLogger("cobalt_async.sinks.redis")
 
-# Store the outcome and announce it, atomically; else return what is stored already.
+# Store the outcome and announce it with its value, atomically (a wake-up then needs no
+# read); else return what is stored already.
 _PUBLISH = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'job', ARGV[4])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'job', ARGV[4], 'out', ARGV[1])
   return false
 end
 return redis.call('GET', KEYS[1])
@@ -415,8 +417,13 @@ class RedisSink(Sink):
             for entry_id, fields in entries:
                 cursor = entry_id
                 job_id = fields.get(b"job", b"").decode()
-                if self.is_awaited(job_id):
+                if not self.is_awaited(job_id):
+                    continue
+                carried = carried_outcome(job_id, fields.get(b"out"), logger)
+                if carried is None:
                     woken.append(job_id)
+                else:
+                    self._correlator.resolve(job_id, carried)
         if woken:
             try:
                 await self.recheck(woken)

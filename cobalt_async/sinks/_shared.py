@@ -34,6 +34,24 @@ def decode_outcome(value: bytes | str) -> Outcome:
     return Outcome(event, stored.get("via", "webhook"), stored.get("trace"))
 
 
+def carried_outcome(
+    job_id: str, encoded: bytes | str | None, logger: logging.Logger
+) -> Outcome | None:
+    """
+    The stored outcome a wake-up carried, so that the wait settles without reading it back.
+
+    ``None`` when it carries none (sent by an earlier version) or one unreadable: the waiter's
+    store is read instead, as it always may be.
+    """
+    if not encoded:
+        return None
+    try:
+        return decode_outcome(encoded)
+    except (ValueError, KeyError, TypeError):
+        logger.warning("job %s: unreadable wake-up, reading the store instead", job_id)
+        return None
+
+
 def encode_pending(job: PendingJob) -> str:
     """A pending-registry entry, without its job id (the key it is stored under)."""
     return json.dumps(

@@ -104,11 +104,47 @@ async def test_wait_then_publish_across_sinks(
                 await reads.wait_for(1)  # registered, and its store read found nothing
                 assert waiter.stats().pending == 1
                 assert await publisher.publish(event("j2")) == "accepted"
-            # Only the listener could have woken it: the publisher is another sink.
+            # Only the listener could have woken it: the publisher is another sink. The
+            # stream entry carried the stored outcome, so the wait read nothing more.
             assert results[0].event.id == "evt_ok_j2"
-            assert reads.count == 2
+            assert reads.count == 1
             assert waiter.stats().pending == 0
         await publisher.aclose()
+
+
+@pytest.mark.parametrize(
+    ("fields", "warned"),
+    [({"job": "j2b"}, False), ({"job": "j2b", "out": "{not an outcome"}, True)],
+    ids=["written by an earlier version", "unreadable"],
+)
+async def test_a_wake_up_without_a_readable_outcome_reads_the_store(
+    redis_server: RedisServer,
+    redis_namespace: str,
+    fields: dict[str, str],
+    warned: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stream entry that carries no outcome it can read still wakes the wait: by a read."""
+    publisher = RedisSink(redis_server.url, namespace=redis_namespace)
+    results: list[Outcome] = []
+    with anyio.fail_after(10):
+        async with RedisSink(redis_server.url, namespace=redis_namespace) as waiter:
+            reads = StoreReads(waiter)
+
+            async def wait() -> None:
+                results.append(await waiter.wait_for("j2b", timeout=8))
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(wait)
+                await reads.wait_for(1)
+                # Stored without its announcement, then announced the other way.
+                stored = _shared.encode_outcome(Outcome(event("j2b"), "webhook"))
+                await publisher._redis.set(publisher._out_key("j2b"), stored)
+                await publisher._redis.xadd(publisher._stream, fields)
+            assert results[0].event.id == "evt_ok_j2b"
+            assert reads.count == 2
+        await publisher.aclose()
+    assert warned == ("unreadable wake-up" in caplog.text)
 
 
 async def test_duplicate_and_conflict(redis_server: RedisServer, redis_namespace: str) -> None:
