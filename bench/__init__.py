@@ -23,6 +23,9 @@ Metrics (short names for ``--only``):
   fragmented heap, target >= 0.85.
 - ``memory``: tracemalloc bytes per pending awaited handle, net of a task awaiting a bare
   ``anyio.Event``; target <= 1 KiB.
+- ``correlator``: ``memory_vs_correlator``, tracemalloc bytes per pending awaited handle, its
+  task included, vs a naive ``dict[str, asyncio.Future]`` correlator with a task awaiting
+  each future; target ratio <= 1.5.
 - ``wakeup``: ``receive()`` returning -> the code after ``await handle`` running, in-process,
   vs ``anyio.Event``; p99 target <= 1 ms.
 - ``wakeup_redis``: the same across processes through ``RedisSink`` (a private redis-server),

@@ -18,6 +18,7 @@ METRICS: dict[str, Measure] = {
     "submit": _submit.measure,
     "ingest": _ingest.measure,
     "memory": _memory.measure,
+    "correlator": _memory.measure_correlator,
     "wakeup": _wakeup.measure_inprocess,
     "wakeup_redis": _wakeup.measure_redis,
     "wakeup_sqlite": _wakeup.measure_sqlite,

@@ -26,6 +26,7 @@ NAMES = {
     "webhook_ingest",
     "webhook_ingest_fragmented",
     "memory_per_handle",
+    "memory_vs_correlator",
     "wakeup_inprocess",
     "wakeup_redis",
     "wakeup_sqlite",
