@@ -5,18 +5,23 @@ from __future__ import annotations
 import gc
 import json
 import math
+import multiprocessing
 import operator
 import statistics
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias, TypedDict
+from typing import Any, Literal, ParamSpec, TypeAlias, TypedDict, TypeVar
 
 import anyio
 import httpx
 
 from cobalt_async import CobaltClient, PollPolicy
 from cobalt_async.sinks import Sink
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 Op: TypeAlias = Literal[">=", "<=", "=="]
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -296,6 +301,13 @@ def percentile(values: Sequence[float], q: float) -> float:
         return math.nan
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+def in_fresh_interpreter(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """*function* called in a spawned interpreter: a heap of its own making and nothing else."""
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        return pool.submit(function, *args, **kwargs).result()
 
 
 @contextmanager

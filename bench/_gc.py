@@ -8,18 +8,16 @@ collection walks the heap a real server has: its pending waiters and nothing els
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import anyio
 
 from cobalt_async import InMemorySink, wait_all
 
-from ._common import Metric, Sizes, Target, offline_client, until
+from ._common import Metric, Sizes, Target, in_fresh_interpreter, offline_client, until
 from ._memory import Starter, start_events, start_handles
 
 OBJECTS_TARGET = Target("value", "<=", 2)
@@ -93,9 +91,7 @@ def _measure_in_process(way: str, count: int, types: bool) -> dict[str, Any]:
 
 def _isolated(way: str, count: int, *, types: bool = True) -> dict[str, Any]:
     """:func:`_pending` in a fresh interpreter: a heap of that way's waiters only."""
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-        return pool.submit(_measure_in_process, way, count, types).result()
+    return in_fresh_interpreter(_measure_in_process, way, count, types)
 
 
 async def measure(sizes: Sizes) -> list[Metric]:
