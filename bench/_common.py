@@ -202,6 +202,8 @@ class Sizes:
     scaling_large: int
     scaling_events: int
     scaling_rounds: int
+    """Rounds per process; each size runs in ``scaling_processes`` processes of its own."""
+    scaling_processes: int
     requests_jobs: int
     requests_time_unit: float
     """Real seconds per simulated second in the requests-per-job scenarios."""
@@ -231,9 +233,10 @@ _SIZES: dict[str, dict[str, Any]] = {
         "store_rounds": 11,
         "store_events": 2_000,
         "scaling_small": 1_000,
-        "scaling_large": 100_000,
+        "scaling_large": 1_000_000,
         "scaling_events": 500,
         "scaling_rounds": 31,
+        "scaling_processes": 3,
         "requests_jobs": 40,
         "requests_time_unit": 0.05,
         "profile_scale": 4,
@@ -254,9 +257,10 @@ _SIZES: dict[str, dict[str, Any]] = {
         "store_rounds": 5,
         "store_events": 500,
         "scaling_small": 1_000,
-        "scaling_large": 20_000,
+        "scaling_large": 50_000,
         "scaling_events": 500,
         "scaling_rounds": 15,
+        "scaling_processes": 2,
         "requests_jobs": 10,
         "requests_time_unit": 0.05,
         "profile_scale": 1,
@@ -280,6 +284,7 @@ _SIZES: dict[str, dict[str, Any]] = {
         "scaling_large": 200,
         "scaling_events": 20,
         "scaling_rounds": 2,
+        "scaling_processes": 1,
         "requests_jobs": 3,
         "requests_time_unit": 0.01,
         "profile_scale": 1,
