@@ -5,7 +5,7 @@ Absolute times on a shared machine are noise, so every metric is measured next t
 baseline in the same run (alternated or interleaved with it, medians taken) and printed with
 their ratio, its target and PASS/FAIL. Each metric runs in a fresh interpreter::
 
-    python -m bench                    # the full run (about 10 minutes)
+    python -m bench                    # the full run (about 15 minutes)
     python -m bench --quick            # smaller sizes, under 60 s
     python -m bench --json             # one JSON object per metric per line
     python -m bench --only ingest,wakeup
