@@ -5,7 +5,7 @@ Absolute times on a shared machine are noise, so every metric is measured next t
 baseline in the same run (alternated or interleaved with it, medians taken) and printed with
 their ratio, its target and PASS/FAIL. Each metric runs in a fresh interpreter::
 
-    python -m bench                    # the full run (about 10 minutes)
+    python -m bench                    # the full run (about 15 minutes)
     python -m bench --quick            # smaller sizes, under 60 s
     python -m bench --json             # one JSON object per metric per line
     python -m bench --only ingest,wakeup
@@ -23,6 +23,9 @@ Metrics (short names for ``--only``):
   fragmented heap, target >= 0.85.
 - ``memory``: tracemalloc bytes per pending awaited handle, net of a task awaiting a bare
   ``anyio.Event``; target <= 1 KiB.
+- ``correlator``: ``memory_vs_correlator``, tracemalloc bytes per pending awaited handle, its
+  task included, vs a naive ``dict[str, asyncio.Future]`` correlator with a task awaiting
+  each future; target ratio <= 1.5.
 - ``wakeup``: ``receive()`` returning -> the code after ``await handle`` running, in-process,
   vs ``anyio.Event``; p99 target <= 1 ms.
 - ``wakeup_redis``: the same across processes through ``RedisSink`` (a private redis-server),
@@ -39,7 +42,8 @@ Metrics (short names for ``--only``):
   publish script issued bare with redis-py; target ratio >= 0.45.
 - ``stores_postgres``: the same into ``PostgresSink`` vs the sink's own statement issued bare
   with asyncpg (same pool size and concurrency); target ratio >= 0.45.
-- ``scaling``: CPU per resolved event with 100,000 pending handles / with 1,000; <= 1.3.
+- ``scaling``: CPU per resolved event with 1,000,000 pending handles / with 1,000, each size
+  in fresh interpreters (alternated), the collector on and no ``gc.freeze()``; <= 1.3.
 - ``requests``: HTTP requests per resolved job for a 30 s job with webhooks (counted at the
   fake, time scaled) vs Cobalt's 1-second polling helper; target exactly 1.0.
 - ``waits``: CPU of ``wait_all`` and of ``as_completed`` over 100,000 handles vs

@@ -5,18 +5,23 @@ from __future__ import annotations
 import gc
 import json
 import math
+import multiprocessing
 import operator
 import statistics
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias, TypedDict
+from typing import Any, Literal, ParamSpec, TypeAlias, TypedDict, TypeVar
 
 import anyio
 import httpx
 
 from cobalt_async import CobaltClient, PollPolicy
 from cobalt_async.sinks import Sink
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 Op: TypeAlias = Literal[">=", "<=", "=="]
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -197,6 +202,8 @@ class Sizes:
     scaling_large: int
     scaling_events: int
     scaling_rounds: int
+    """Rounds per process; each size runs in ``scaling_processes`` processes of its own."""
+    scaling_processes: int
     requests_jobs: int
     requests_time_unit: float
     """Real seconds per simulated second in the requests-per-job scenarios."""
@@ -226,9 +233,10 @@ _SIZES: dict[str, dict[str, Any]] = {
         "store_rounds": 11,
         "store_events": 2_000,
         "scaling_small": 1_000,
-        "scaling_large": 100_000,
+        "scaling_large": 1_000_000,
         "scaling_events": 500,
         "scaling_rounds": 31,
+        "scaling_processes": 3,
         "requests_jobs": 40,
         "requests_time_unit": 0.05,
         "profile_scale": 4,
@@ -249,9 +257,10 @@ _SIZES: dict[str, dict[str, Any]] = {
         "store_rounds": 5,
         "store_events": 500,
         "scaling_small": 1_000,
-        "scaling_large": 20_000,
+        "scaling_large": 50_000,
         "scaling_events": 500,
         "scaling_rounds": 15,
+        "scaling_processes": 2,
         "requests_jobs": 10,
         "requests_time_unit": 0.05,
         "profile_scale": 1,
@@ -275,6 +284,7 @@ _SIZES: dict[str, dict[str, Any]] = {
         "scaling_large": 200,
         "scaling_events": 20,
         "scaling_rounds": 2,
+        "scaling_processes": 1,
         "requests_jobs": 3,
         "requests_time_unit": 0.01,
         "profile_scale": 1,
@@ -296,6 +306,13 @@ def percentile(values: Sequence[float], q: float) -> float:
         return math.nan
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+def in_fresh_interpreter(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """*function* called in a spawned interpreter: a heap of its own making and nothing else."""
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        return pool.submit(function, *args, **kwargs).result()
 
 
 @contextmanager

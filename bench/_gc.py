@@ -8,18 +8,16 @@ collection walks the heap a real server has: its pending waiters and nothing els
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import anyio
 
 from cobalt_async import InMemorySink, wait_all
 
-from ._common import Metric, Sizes, Target, offline_client, until
+from ._common import Metric, Sizes, Target, in_fresh_interpreter, offline_client, until
 from ._memory import Starter, start_events, start_handles
 
 OBJECTS_TARGET = Target("value", "<=", 2)
@@ -62,40 +60,51 @@ def _census(types: bool) -> Counter[str]:
     return Counter({"object": len(gc.get_objects())})
 
 
-async def _pending(way: str, count: int, types: bool) -> dict[str, Any]:
-    """Tracked objects and full-collection pauses with *count* waiters of *way* pending."""
+def _least_pause() -> float:
+    """The least of a few full collections: a shared machine's noise only adds to a pause."""
+    pauses = []
+    for _ in range(COLLECTIONS):
+        started = time.perf_counter()
+        gc.collect()
+        pauses.append(time.perf_counter() - started)
+    return min(pauses)
+
+
+async def _pending(way: str, count: int, types: bool, frozen: bool) -> dict[str, Any]:
+    """
+    Tracked objects and full-collection pauses with *count* waiters of *way* pending; if
+    *frozen*, the pause again after ``gc.freeze()``, as a service would call it after start-up.
+    """
     job_ids = [str(30_000_000 + index) for index in range(count)]
+    found: dict[str, Any] = {}
     async with anyio.create_task_group() as task_group:
         gc.collect()
         before = _census(types)
         release = await WAYS[way](job_ids, task_group)
         gc.collect()
         during = _census(types)
-        pauses = []
-        for _ in range(COLLECTIONS):
-            started = time.perf_counter()
-            gc.collect()
-            pauses.append(time.perf_counter() - started)
+        found["pause"] = _least_pause()
+        if frozen:
+            gc.freeze()
+            try:
+                found["frozen_pause"] = _least_pause()
+            finally:
+                gc.unfreeze()
         release()
     added = during - before
-    return {
-        "objects": sum(added.values()) / count,
-        "types": {name: number / count for name, number in added.items() if number >= count / 2},
-        # The least: a shared machine's noise only ever adds to a pause.
-        "pause": min(pauses),
-        "heap": sum(during.values()),
-    }
+    found["objects"] = sum(added.values()) / count
+    found["types"] = {name: n / count for name, n in added.items() if n >= count / 2}
+    found["heap"] = sum(during.values())
+    return found
 
 
-def _measure_in_process(way: str, count: int, types: bool) -> dict[str, Any]:
-    return anyio.run(_pending, way, count, types, backend="asyncio")
+def _measure_in_process(way: str, count: int, types: bool, frozen: bool) -> dict[str, Any]:
+    return anyio.run(_pending, way, count, types, frozen, backend="asyncio")
 
 
 def _isolated(way: str, count: int, *, types: bool = True) -> dict[str, Any]:
     """:func:`_pending` in a fresh interpreter: a heap of that way's waiters only."""
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-        return pool.submit(_measure_in_process, way, count, types).result()
+    return in_fresh_interpreter(_measure_in_process, way, count, types, way == "handle")
 
 
 async def measure(sizes: Sizes) -> list[Metric]:
@@ -105,7 +114,8 @@ async def measure(sizes: Sizes) -> list[Metric]:
     # inflates a whole run. The least of each way's pauses is kept.
     for way in ("event", "handle"):
         again = _isolated(way, count, types=False)
-        found[way]["pause"] = min(found[way]["pause"], again["pause"])
+        for key in {"pause", "frozen_pause"} & again.keys():
+            found[way][key] = min(found[way][key], again[key])
     event, handle, together = found["event"], found["handle"], found["wait_all"]
     net_types = {
         name: handle["types"].get(name, 0) - event["types"].get(name, 0)
@@ -147,6 +157,7 @@ async def measure(sizes: Sizes) -> list[Metric]:
             "tracked objects in the heap, handles": handle["heap"],
             "tracked objects in the heap, baseline": event["heap"],
             "the same handles in one wait_all, s": together["pause"],
+            "handles, after gc.freeze() once all are pending, s": handle["frozen_pause"],
         },
     )
     return [objects, pause]

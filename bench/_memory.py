@@ -1,7 +1,11 @@
-"""Metric 3: memory per pending handle (tracemalloc), net of a task awaiting a bare Event."""
+"""
+Metric 3: memory per pending handle (tracemalloc), net of a task awaiting a bare Event; and
+per handle against a naive dict-of-futures correlator awaited the same way.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
@@ -95,6 +99,30 @@ async def start_handles(
     return task_group.cancel_scope.cancel
 
 
+async def start_correlator(
+    job_ids: Sequence[str], task_group: anyio.abc.TaskGroup
+) -> Callable[[], None]:
+    """
+    The correlator a user would write by hand: a ``dict`` of futures keyed by job id, one
+    task per job awaiting its own. No timeout, no backstop, no store: the least that works.
+    """
+    loop = asyncio.get_running_loop()
+    futures: dict[str, asyncio.Future[object]] = {}
+    parked = 0
+
+    async def park(job_id: str) -> None:
+        nonlocal parked
+        parked += 1
+        await futures[job_id]
+
+    for job_id in job_ids:
+        futures[job_id] = loop.create_future()
+        task_group.start_soon(park, job_id)
+    await until(lambda: parked == len(job_ids), interval=0.005, timeout=600)
+    await anyio.sleep(0.01)  # every task is past its first step and parked on its future
+    return task_group.cancel_scope.cancel
+
+
 async def start_sink_waits(
     job_ids: Sequence[str], task_group: anyio.abc.TaskGroup
 ) -> Callable[[], None]:
@@ -130,5 +158,33 @@ async def measure(sizes: Sizes) -> Metric:
             "absolute per handle, task included": handles,
             "sink.wait_for alone, net of baseline": sink_only - baseline,
             "sink.wait_for alone, task included": sink_only,
+        },
+    )
+
+
+CORRELATOR_NAME = "memory_vs_correlator"
+CORRELATOR_TITLE = (
+    "bytes per pending handle awaited in a task vs a dict of futures awaited the same way, "
+    "tasks included"
+)
+CORRELATOR_TARGET = Target("ratio", "<=", 1.5)
+
+
+async def measure_correlator(sizes: Sizes) -> Metric:
+    count = sizes.memory_handles
+    correlator = await _traced(count, start_correlator)
+    handles = await _traced(count, start_handles)
+    return Metric(
+        CORRELATOR_NAME,
+        CORRELATOR_TITLE,
+        handles,
+        correlator,
+        UNIT,
+        CORRELATOR_TARGET,
+        value_label="awaited handle, open client, task included",
+        baseline_label="dict[str, Future] entry, task included",
+        details={
+            "pending handles (and futures)": count,
+            "SDK minus correlator": handles - correlator,
         },
     )

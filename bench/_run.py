@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import traceback
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ProcessPoolExecutor
 
 import anyio
 
 from . import _gc, _ingest, _memory, _requests, _scaling, _stores, _submit, _waits, _wakeup
-from ._common import Metric, Sizes
+from ._common import Metric, Sizes, in_fresh_interpreter
 
 Measure = Callable[[Sizes], Awaitable[Metric | list[Metric]]]
 
@@ -18,6 +16,7 @@ METRICS: dict[str, Measure] = {
     "submit": _submit.measure,
     "ingest": _ingest.measure,
     "memory": _memory.measure,
+    "correlator": _memory.measure_correlator,
     "wakeup": _wakeup.measure_inprocess,
     "wakeup_redis": _wakeup.measure_redis,
     "wakeup_sqlite": _wakeup.measure_sqlite,
@@ -50,9 +49,7 @@ def run_isolated(name: str, sizes: Sizes) -> list[Metric] | str:
     behind: the ingestion ratio read about 0.06 lower after the submission benchmark than
     alone. A figure must not depend on which others were selected, or in what order.
     """
-    spawn = multiprocessing.get_context("spawn")
     try:
-        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-            return pool.submit(run_metric, name, sizes).result()
+        return in_fresh_interpreter(run_metric, name, sizes)
     except Exception:
         return traceback.format_exc()  # the worker died: say so, and go on with the others

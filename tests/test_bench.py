@@ -26,6 +26,7 @@ NAMES = {
     "webhook_ingest",
     "webhook_ingest_fragmented",
     "memory_per_handle",
+    "memory_vs_correlator",
     "wakeup_inprocess",
     "wakeup_redis",
     "wakeup_sqlite",
@@ -113,5 +114,5 @@ def test_quick_sizes_are_smaller_than_full_ones() -> None:
     quick, full = Sizes.make("quick"), Sizes.make("full")
 
     assert quick.memory_handles < full.memory_handles
-    assert quick.scaling_large < full.scaling_large == 100_000
+    assert quick.scaling_large < full.scaling_large == 1_000_000
     assert full.memory_handles == 100_000
