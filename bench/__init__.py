@@ -5,7 +5,7 @@ Absolute times on a shared machine are noise, so every metric is measured next t
 baseline in the same run (alternated or interleaved with it, medians taken) and printed with
 their ratio, its target and PASS/FAIL. Each metric runs in a fresh interpreter::
 
-    python -m bench                    # the full run (about 15 minutes)
+    python -m bench                    # the full run (about 17 minutes)
     python -m bench --quick            # smaller sizes, under 60 s
     python -m bench --json             # one JSON object per metric per line
     python -m bench --only ingest,wakeup
@@ -20,7 +20,8 @@ Metrics (short names for ``--only``):
 - ``ingest``: ``WebhookApp`` (verify, parse, dedup, store, wake a pending waiter) driven by
   direct ASGI calls vs an app that only checks the HMAC and calls ``json.loads``; events/s
   (CPU time), target ratio >= 0.90; and ``webhook_ingest_fragmented``, the pair again on a
-  fragmented heap, target >= 0.85.
+  fragmented heap, target >= 0.85. Its details also print ``floor_app``: the SDK's HMAC,
+  model validation and slot wake-up with nothing around them, the most a rework could reach.
 - ``memory``: tracemalloc bytes per pending awaited handle, net of a task awaiting a bare
   ``anyio.Event``; target <= 1 KiB.
 - ``correlator``: ``memory_vs_correlator``, tracemalloc bytes per pending awaited handle, its
