@@ -109,16 +109,11 @@ _Headers = tuple[tuple[bytes, bytes], ...]
 
 
 @functools.cache
-def _answer_parts(result: str, extra: _Headers) -> tuple[_Headers, bytes]:
-    """Headers and body of an answer: only the result, never the body or a secret."""
+def _answer_messages(status: int, result: str, extra: _Headers) -> tuple[Message, Message]:
+    """An answer's messages: only the result, never the body or a secret."""
     body = json.dumps({"status": result}, separators=(",", ":")).encode()
     length = str(len(body)).encode()
-    return ((b"content-type", b"application/json"), (b"content-length", length), *extra), body
-
-
-@functools.cache
-def _answer_messages(status: int, result: str, extra: _Headers) -> tuple[Message, Message]:
-    headers, body = _answer_parts(result, extra)
+    headers = ((b"content-type", b"application/json"), (b"content-length", length), *extra)
     start = {"type": "http.response.start", "status": status, "headers": headers}
     return start, {"type": "http.response.body", "body": body}
 
