@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,29 +88,47 @@ async def test_publish_then_wait_across_sinks(
         await publisher.aclose()
 
 
-async def test_wait_then_publish_across_sinks(
-    redis_server: RedisServer, redis_namespace: str
-) -> None:
-    publisher = RedisSink(redis_server.url, namespace=redis_namespace)
+async def woken_across_sinks(
+    server: RedisServer,
+    namespace: str,
+    job_id: str,
+    store: Callable[[RedisSink], Awaitable[object]],
+) -> tuple[Outcome, int]:
+    """
+    A wait on one sink, woken by *store* through another once its first read found nothing:
+    its outcome, and how many store reads the wait made.
+    """
+    publisher = RedisSink(server.url, namespace=namespace)
     results: list[Outcome] = []
     with anyio.fail_after(10):
-        async with RedisSink(redis_server.url, namespace=redis_namespace) as waiter:
+        async with RedisSink(server.url, namespace=namespace) as waiter:
             reads = StoreReads(waiter)
 
             async def wait() -> None:
-                results.append(await waiter.wait_for("j2", timeout=8))
+                results.append(await waiter.wait_for(job_id, timeout=8))
 
             async with anyio.create_task_group() as group:
                 group.start_soon(wait)
                 await reads.wait_for(1)  # registered, and its store read found nothing
                 assert waiter.stats().pending == 1
-                assert await publisher.publish(event("j2")) == "accepted"
-            # Only the listener could have woken it: the publisher is another sink. The
-            # stream entry carried the stored outcome, so the wait read nothing more.
-            assert results[0].event.id == "evt_ok_j2"
-            assert reads.count == 1
+                await store(publisher)
             assert waiter.stats().pending == 0
         await publisher.aclose()
+    return results[0], reads.count
+
+
+async def test_wait_then_publish_across_sinks(
+    redis_server: RedisServer, redis_namespace: str
+) -> None:
+    async def publish(publisher: RedisSink) -> None:
+        assert await publisher.publish(event("j2")) == "accepted"
+
+    outcome, reads = await woken_across_sinks(redis_server, redis_namespace, "j2", publish)
+
+    # Only the listener could have woken it: the publisher is another sink. The stream
+    # entry carried the stored outcome, so the wait read nothing more.
+    assert outcome.event.id == "evt_ok_j2"
+    assert reads == 1
 
 
 @pytest.mark.parametrize(
@@ -125,25 +144,19 @@ async def test_a_wake_up_without_a_readable_outcome_reads_the_store(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A stream entry that carries no outcome it can read still wakes the wait: by a read."""
-    publisher = RedisSink(redis_server.url, namespace=redis_namespace)
-    results: list[Outcome] = []
-    with anyio.fail_after(10):
-        async with RedisSink(redis_server.url, namespace=redis_namespace) as waiter:
-            reads = StoreReads(waiter)
 
-            async def wait() -> None:
-                results.append(await waiter.wait_for("j2b", timeout=8))
+    async def store_then_announce(publisher: RedisSink) -> None:
+        # Stored without the script's announcement, then announced the other way.
+        stored = _shared.encode_outcome(Outcome(event("j2b"), "webhook"))
+        await publisher._redis.set(publisher._out_key("j2b"), stored)
+        await publisher._redis.xadd(publisher._stream, fields)
 
-            async with anyio.create_task_group() as group:
-                group.start_soon(wait)
-                await reads.wait_for(1)
-                # Stored without its announcement, then announced the other way.
-                stored = _shared.encode_outcome(Outcome(event("j2b"), "webhook"))
-                await publisher._redis.set(publisher._out_key("j2b"), stored)
-                await publisher._redis.xadd(publisher._stream, fields)
-            assert results[0].event.id == "evt_ok_j2b"
-            assert reads.count == 2
-        await publisher.aclose()
+    outcome, reads = await woken_across_sinks(
+        redis_server, redis_namespace, "j2b", store_then_announce
+    )
+
+    assert outcome.event.id == "evt_ok_j2b"
+    assert reads == 2
     assert warned == ("unreadable wake-up" in caplog.text)
 
 
