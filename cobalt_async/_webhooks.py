@@ -318,8 +318,7 @@ class WebhookReceiver:
         """The delivery's event, or the receipt that refuses it."""
         if len(body) > self.max_body_bytes:
             return Receipt(413, "too_large", f"body over {self.max_body_bytes} bytes")
-        if self._file is not None:
-            self._reload(now=False)
+        self._reload(now=False)
         try:
             try:
                 parsed = self._verifier.verify(body, signature)
