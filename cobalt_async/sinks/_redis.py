@@ -247,7 +247,12 @@ class RedisSink(Sink):
         """
         try:
             with anyio.fail_after(self.command_timeout):
-                await self._admission.acquire()
+                try:
+                    # Without the scheduling checkpoint acquire() takes even when a
+                    # connection is free: a loop cycle on the path of every command.
+                    self._admission.acquire_nowait()
+                except anyio.WouldBlock:
+                    await self._admission.acquire()
                 task = asyncio.ensure_future(command(*args, **kwargs))
                 self._commands.add(task)
                 task.add_done_callback(self._command_done)
