@@ -30,7 +30,7 @@ Metrics (short names for ``--only``):
 - ``wakeup``: ``receive()`` returning -> the code after ``await handle`` running, in-process,
   vs ``anyio.Event``; p99 target <= 1 ms.
 - ``wakeup_redis``: the same across processes through ``RedisSink`` (a private redis-server),
-  vs raw redis-py ``XADD`` -> ``XREAD BLOCK``; p99 target <= 5 ms.
+  vs raw redis-py ``XADD`` -> ``XREAD BLOCK``; target p99 ratio <= 1.5.
 - ``wakeup_sqlite``: the same through ``SQLiteSink`` (one file, two processes), vs a bare
   ``INSERT`` -> a poll of the table at the sink's ``poll_interval``; p99 target <= 50 ms.
 - ``wakeup_postgres``: the same through ``PostgresSink`` (a private PostgreSQL cluster), vs a

@@ -51,7 +51,9 @@ REDIS_TITLE = (
     "receive() returned in process A -> `await handle` resumes in process B via RedisSink, "
     "vs raw XADD issued -> XREAD BLOCK woke"
 )
-REDIS_TARGET = Target("value", "<=", 5.0)
+# Against the bare wake-up on the same server in the same run: absolute milliseconds move with
+# the machine's load, the ratio much less.
+REDIS_TARGET = Target("ratio", "<=", 1.5)
 SQLITE_NAME = "wakeup_sqlite"
 SQLITE_TITLE = (
     "receive() returned in process A -> `await handle` resumes in process B via SQLiteSink, "
@@ -306,9 +308,20 @@ async def redis_samples(url: str, samples: int) -> dict[str, list[float]]:
         await _raw_listener(url, raw_stream, woken, task_status=task_status)
 
     sink = RedisSink(url, namespace=namespace)
-    return await cross_process_samples(
+    removals: list[float] = []
+    remove = sink.remove_pending
+
+    async def timed_remove(job_id: str) -> None:
+        # The round trip each wait makes before it returns: off the pending registry.
+        started = time.perf_counter()
+        await remove(job_id)
+        removals.append(time.perf_counter() - started)
+
+    sink.remove_pending = timed_remove  # type: ignore[method-assign]
+    results = await cross_process_samples(
         sink, ["redis", url, namespace, raw_stream], raw_listener, samples
     )
+    return {**results, "removal": removals}
 
 
 async def measure_redis(sizes: Sizes) -> Metric:
@@ -318,6 +331,7 @@ async def measure_redis(sizes: Sizes) -> Metric:
     with redis_server() as url:
         ping = await _ping_rtt(url, 500)
         results = await redis_samples(url, sizes.redis_samples)
+    removal = results.pop("removal")
     return _cross_process_metric(
         REDIS_NAME,
         REDIS_TITLE,
@@ -327,6 +341,8 @@ async def measure_redis(sizes: Sizes) -> Metric:
         **{
             "redis PING round-trip p50 ms": percentile(ping, 50) * 1e3,
             "redis PING round-trip p99 ms": percentile(ping, 99) * 1e3,
+            "the wait's pending-registry removal, p50 ms": percentile(removal, 50) * 1e3,
+            "the same, p99 ms": percentile(removal, 99) * 1e3,
         },
     )
 
