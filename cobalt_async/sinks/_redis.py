@@ -25,7 +25,7 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import anyio
 import redis.asyncio as redis
@@ -71,6 +71,8 @@ _FORGET = """
 redis.call('HDEL', KEYS[1], unpack(ARGV))
 redis.call('ZREM', KEYS[2], unpack(ARGV))
 """
+# What a command's caller awaits: the command's result, or the error it raised.
+_Answer: TypeAlias = "asyncio.Future[tuple[Any, Exception | None]]"
 _SCHEMES = ("redis", "rediss", "unix")
 # What a dedicated listener connection copies of the commands' connections: the address and
 # the credentials, never their pools, retries or timeouts.
@@ -253,10 +255,13 @@ class RedisSink(Sink):
                     self._admission.acquire_nowait()
                 except anyio.WouldBlock:
                     await self._admission.acquire()
-                task = asyncio.ensure_future(command(*args, **kwargs))
+                answer: _Answer = asyncio.get_running_loop().create_future()
+                task = asyncio.ensure_future(self._run(command(*args, **kwargs), answer))
                 self._commands.add(task)
-                task.add_done_callback(self._command_done)
-                result = await asyncio.shield(task)
+                task.add_done_callback(self._commands.discard)
+                result, error = await answer
+                if error is not None:
+                    raise error
         except (MovedError, AskError) as exc:
             self._outage.failed(_NOT_THE_SLOT_OWNER)
             raise SinkUnavailableError(_NOT_THE_SLOT_OWNER) from exc
@@ -268,11 +273,22 @@ class RedisSink(Sink):
         self._outage.answered()
         return result
 
-    def _command_done(self, task: asyncio.Task[Any]) -> None:
-        self._commands.discard(task)
-        self._admission.release()
-        if not task.cancelled():
-            task.exception()  # retrieved: a caller that gave up must not leave it unseen
+    async def _run(self, command: Awaitable[Any], answer: _Answer) -> None:
+        """
+        Run *command* to its end; hand its result or error to *answer*, if still awaited.
+
+        Set from here, not by a done-callback as ``asyncio.shield`` does: the caller resumes
+        a loop cycle sooner. An error travels as a value, so that a caller cancelled as it
+        arrives leaves no unretrieved exception behind.
+        """
+        try:
+            reply: tuple[Any, Exception | None] = (await command, None)
+        except Exception as exc:
+            reply = (None, exc)
+        finally:
+            self._admission.release()
+        if not answer.done():  # not cancelled with its caller
+            answer.set_result(reply)
 
     # Pending registry.
 

@@ -5,6 +5,8 @@ outage, a URL that is not Redis's. Every test talks to real ``redis-server`` pro
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 import os
 import sys
@@ -233,6 +235,64 @@ async def test_without_a_loss_cobalt_is_not_asked(
             assert "accepted" == await sink.publish(created("d2"))
             assert "conflict" == await sink.publish(failed("d2"))
     assert 0 == sink.stats().data_losses
+
+
+# -- commands whose callers stopped waiting ---------------------------------------------------
+
+
+async def test_a_cancelled_caller_leaves_its_command_to_finish_on_its_connection(
+    redis_server: RedisServer, redis_namespace: str
+) -> None:
+    """
+    A caller cancelled mid-command is back at once; the command (a BLPOP blocking 0.5 s,
+    inside its socket timeout) runs to its end in its own task, and its connection goes back
+    to the pool intact, where cancelling redis-py mid-read would have dropped it.
+    """
+    sink = RedisSink(redis_server.url, namespace=redis_namespace, command_timeout=5)
+    try:
+        with anyio.fail_after(LIMIT):
+            await sink.publish(created("c0"))
+            with anyio.move_on_after(0.05) as scope:
+                await sink._call(sink._redis.blpop, [f"{redis_namespace}:empty"], timeout=0.5)
+            assert scope.cancelled_caught
+            (command,) = sink._commands
+            assert not command.done()  # the caller is back before the BLPOP's end
+            await command
+            assert not command.cancelled()
+            pool = sink._redis.connection_pool
+            assert not pool._in_use_connections
+            assert all(connection.is_connected for connection in pool._available_connections)
+            assert {"c0"} == set(await sink.get_outcomes(["c0"]))
+    finally:
+        await sink.aclose()
+
+
+async def test_a_command_failing_after_its_caller_left_leaves_no_unseen_error() -> None:
+    """Its error is nobody's to raise: asyncio must not report it as never retrieved."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    sink = RedisSink("redis://127.0.0.1:1", namespace="unused")
+    failed_late = anyio.Event()
+
+    async def fails_late() -> None:
+        await anyio.sleep(0.05)
+        failed_late.set()
+        raise redis.ConnectionError("gone")
+
+    try:
+        with anyio.fail_after(LIMIT):
+            with anyio.move_on_after(0.01):
+                await sink._call(fails_late)
+            (command,) = sink._commands
+            await command
+            assert failed_late.is_set()
+            del command
+            gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+        await sink.aclose()
+    assert [] == reported
 
 
 # -- outages and URLs ------------------------------------------------------------------------
