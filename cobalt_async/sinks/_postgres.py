@@ -45,6 +45,7 @@ from .._errors import ConfigurationError, SinkUnavailableError
 from .._outcome import Outcome, PendingJob
 from ._base import Sink, StoreStats
 from ._shared import (
+    Detached,
     Outage,
     Rereads,
     backoff,
@@ -195,7 +196,7 @@ class PostgresSink(Sink):
         self._migrated = False
         self._migration = (0, 0)
         self._setup_lock = asyncio.Lock()
-        self._commands: set[asyncio.Task[Any]] = set()
+        self._commands = Detached()
         self._armed = anyio.Event()
         self._rereads = Rereads(recheck_interval, logger)
         self._signal = asyncio.Event()
@@ -314,17 +315,14 @@ class PostgresSink(Sink):
         Run ``operation(connection, timeout)`` on a pooled connection, or fail with
         ``SinkUnavailableError`` within *timeout* (``command_timeout`` by default).
 
-        The operation runs in a task of its own that is never cancelled: the caller stops
-        waiting at its deadline (or its own cancellation), while asyncpg finishes under its own
-        timeouts and returns the connection to the pool in a known state.
+        The operation runs detached (:class:`Detached`): the caller stops waiting at its
+        deadline (or its own cancellation), while asyncpg finishes under its own timeouts and
+        returns the connection to the pool in a known state.
         """
         limit = self.command_timeout if timeout is None else timeout
         try:
             with anyio.fail_after(limit):
-                task = asyncio.ensure_future(self._run(operation, limit))
-                self._commands.add(task)
-                task.add_done_callback(self._command_done)
-                result = await asyncio.shield(task)
+                result = await self._commands.run(self._run(operation, limit))
         except (*_FAILURES, _Refused) as exc:
             reason = self._unreachable(exc)
             self._outage.failed(reason)
@@ -411,11 +409,6 @@ class PostgresSink(Sink):
             detail = type(exc).__name__
         return f"PostgreSQL at {self.host} is unreachable ({detail})"
 
-    def _command_done(self, task: asyncio.Task[Any]) -> None:
-        self._commands.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: a caller that gave up must not leave it unseen
-
     # Wake-ups: one listener per process.
 
     async def armed(self) -> None:
@@ -435,7 +428,7 @@ class PostgresSink(Sink):
             self._rereads.reset()
             # Commands whose callers gave up finish under their own timeouts first.
             with anyio.move_on_after(3 * self.command_timeout):
-                await asyncio.gather(*self._commands, return_exceptions=True)
+                await self._commands.finish()
             pool, self._pool = self._pool, None
             self._migrated = False
             if pool is not None:

@@ -19,13 +19,12 @@ its outcome was stored before it registered, and the stream will not announce it
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeAlias
+from typing import Any
 
 import anyio
 import redis.asyncio as redis
@@ -39,6 +38,7 @@ from .._errors import ConfigurationError, SinkUnavailableError
 from .._outcome import Outcome, PendingJob
 from ._base import Sink, StoreStats, same_event
 from ._shared import (
+    Detached,
     Outage,
     Rereads,
     backoff,
@@ -71,8 +71,6 @@ _FORGET = """
 redis.call('HDEL', KEYS[1], unpack(ARGV))
 redis.call('ZREM', KEYS[2], unpack(ARGV))
 """
-# What a command's caller awaits: the command's result, or the error it raised.
-_Answer: TypeAlias = "asyncio.Future[tuple[Any, Exception | None]]"
 _SCHEMES = ("redis", "rediss", "unix")
 # What a dedicated listener connection copies of the commands' connections: the address and
 # the credentials, never their pools, retries or timeouts.
@@ -162,7 +160,7 @@ class RedisSink(Sink):
         self._register_script = self._redis.register_script(_REGISTER)
         self._forget_script = self._redis.register_script(_FORGET)
         self._admission = anyio.Semaphore(max_connections)
-        self._commands: set[asyncio.Task[Any]] = set()
+        self._commands = Detached()
         self._armed = anyio.Event()
         self._rereads = Rereads(recheck_interval, logger)
         self._reconnects = 0
@@ -242,10 +240,10 @@ class RedisSink(Sink):
         """
         Run one Redis command, or fail with ``SinkUnavailableError`` within command_timeout.
 
-        The command runs in a task of its own that is never cancelled: the caller stops
-        waiting at its deadline (or its own cancellation), while redis-py finishes the command
-        under its socket timeouts and returns the connection cleanly. Cancelling redis-py
-        mid-command instead drops the connection, and cancelling waits in its pool can starve.
+        The command runs detached (:class:`Detached`): the caller stops waiting at its
+        deadline (or its own cancellation), while redis-py finishes the command under its
+        socket timeouts and returns the connection cleanly. Admission is released as the
+        command ends, so the pool never runs out.
         """
         try:
             with anyio.fail_after(self.command_timeout):
@@ -255,13 +253,9 @@ class RedisSink(Sink):
                     self._admission.acquire_nowait()
                 except anyio.WouldBlock:
                     await self._admission.acquire()
-                answer: _Answer = asyncio.get_running_loop().create_future()
-                task = asyncio.ensure_future(self._run(command(*args, **kwargs), answer))
-                self._commands.add(task)
-                task.add_done_callback(self._commands.discard)
-                result, error = await answer
-                if error is not None:
-                    raise error
+                result = await self._commands.run(
+                    command(*args, **kwargs), then=self._admission.release
+                )
         except (MovedError, AskError) as exc:
             self._outage.failed(_NOT_THE_SLOT_OWNER)
             raise SinkUnavailableError(_NOT_THE_SLOT_OWNER) from exc
@@ -272,23 +266,6 @@ class RedisSink(Sink):
             raise SinkUnavailableError(reason) from exc
         self._outage.answered()
         return result
-
-    async def _run(self, command: Awaitable[Any], answer: _Answer) -> None:
-        """
-        Run *command* to its end; hand its result or error to *answer*, if still awaited.
-
-        Set from here, not by a done-callback as ``asyncio.shield`` does: the caller resumes
-        a loop cycle sooner. An error travels as a value, so that a caller cancelled as it
-        arrives leaves no unretrieved exception behind.
-        """
-        try:
-            reply: tuple[Any, Exception | None] = (await command, None)
-        except Exception as exc:
-            reply = (None, exc)
-        finally:
-            self._admission.release()
-        if not answer.done():  # not cancelled with its caller
-            answer.set_result(reply)
 
     # Pending registry.
 
@@ -334,7 +311,7 @@ class RedisSink(Sink):
             self._rereads.reset()
             # Commands whose callers gave up finish under their socket timeouts first.
             with anyio.move_on_after(3 * self.command_timeout):
-                await asyncio.gather(*self._commands, return_exceptions=True)
+                await self._commands.finish()
             if self._owns_client:
                 await self._redis.aclose()
 

@@ -1,22 +1,26 @@
 """
 What the sinks whose store lives outside the process share: the encoding of an outcome and of
-a pending entry, the reporting of an outage, the re-read of every pending job, the retry
-backoff, and the error of a wait on a sink not open.
+a pending entry, commands run apart from their callers, the reporting of an outage, the re-read
+of every pending job, the retry backoff, and the error of a wait on a sink not open.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import anyio
 
 from .._errors import ConfigurationError, SinkUnavailableError
 from .._outcome import Outcome, PendingJob
 from ..models import JobEvent, parse_event
+
+T = TypeVar("T")
 
 
 def encode_outcome(outcome: Outcome) -> bytes:
@@ -77,6 +81,55 @@ def not_open(sink: str) -> ConfigurationError:
 def backoff(failures: int) -> float:
     """Seconds before the next attempt after *failures* in a row: jittered, at most 2 s."""
     return random.uniform(0, min(2.0, 0.05 * 2 ** min(failures, 6)))
+
+
+class Detached:
+    """
+    Store commands, each run to its end in a task of its own, which is never cancelled.
+
+    A caller may stop waiting (at its deadline, or cancelled) while its command finishes on
+    its connection under the driver's own timeouts: a driver cancelled mid-command drops the
+    connection, or returns it in an unknown state.
+    """
+
+    def __init__(self) -> None:
+        self.running: set[asyncio.Task[None]] = set()
+        """The commands not finished yet, some perhaps no longer awaited."""
+
+    async def run(self, command: Awaitable[T], *, then: Callable[[], None] | None = None) -> T:
+        """What *command* returns or raises; *then* is called as it ends, awaited or not."""
+        answer: asyncio.Future[tuple[Any, Exception | None]]
+        answer = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(_hand_over(command, answer, then))
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+        result, error = await answer
+        if error is not None:
+            raise error
+        return result  # type: ignore[no-any-return]
+
+    async def finish(self) -> None:
+        """Wait for the commands still running, whoever awaits them."""
+        await asyncio.gather(*self.running, return_exceptions=True)
+
+
+async def _hand_over(
+    command: Awaitable[Any],
+    answer: asyncio.Future[tuple[Any, Exception | None]],
+    then: Callable[[], None] | None,
+) -> None:
+    # The reply is set from here, not by a done-callback as asyncio.shield's is: the caller
+    # resumes a loop cycle sooner. An error travels as a value, so that a caller cancelled
+    # as it arrives leaves no exception unretrieved.
+    try:
+        reply: tuple[Any, Exception | None] = (await command, None)
+    except Exception as exc:
+        reply = (None, exc)
+    finally:
+        if then is not None:
+            then()
+    if not answer.done():  # cancelled with a caller that stopped waiting
+        answer.set_result(reply)
 
 
 class Outage:

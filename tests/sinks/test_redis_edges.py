@@ -255,7 +255,7 @@ async def test_a_cancelled_caller_leaves_its_command_to_finish_on_its_connection
             with anyio.move_on_after(0.05) as scope:
                 await sink._call(sink._redis.blpop, [f"{redis_namespace}:empty"], timeout=0.5)
             assert scope.cancelled_caught
-            (command,) = sink._commands
+            (command,) = sink._commands.running
             assert not command.done()  # the caller is back before the BLPOP's end
             await command
             assert not command.cancelled()
@@ -284,7 +284,7 @@ async def test_a_command_failing_after_its_caller_left_leaves_no_unseen_error() 
         with anyio.fail_after(LIMIT):
             with anyio.move_on_after(0.01):
                 await sink._call(fails_late)
-            (command,) = sink._commands
+            (command,) = sink._commands.running
             await command
             assert failed_late.is_set()
             del command
