@@ -82,7 +82,11 @@ async def postgres_store(
     return sink, write
 
 
-_STORES = {"redis": redis_store, "sqlite": sqlite_store, "postgres": postgres_store}
+_STORES: dict[str, Callable[..., Awaitable[tuple[Sink, RawWrite]]]] = {
+    "redis": redis_store,
+    "sqlite": sqlite_store,
+    "postgres": postgres_store,
+}
 
 
 async def serve(store: str, *args: str) -> None:
@@ -112,7 +116,8 @@ async def serve(store: str, *args: str) -> None:
 
 
 def main() -> None:
-    anyio.run(serve, *sys.argv[1:], backend="asyncio")
+    store, *args = sys.argv[1:]
+    anyio.run(serve, store, *args, backend="asyncio")
 
 
 if __name__ == "__main__":

@@ -286,7 +286,7 @@ async def _redis() -> AsyncIterator[Bare]:
         stream, ttl, maxlen = sink._stream, sink.outcome_ttl, sink.stream_maxlen
 
         async def write(job_id: str, encoded: bytes) -> None:
-            args = [encoded, ttl, maxlen, job_id]
+            args: list[bytes | str | int | float] = [encoded, ttl, maxlen, job_id]
             if await script(keys=[sink._out_key(job_id), stream], args=args) is not None:
                 raise RuntimeError("the bare script stored nothing")
 

@@ -6,7 +6,7 @@ import asyncio
 import gc
 import time
 import tracemalloc
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import anyio
@@ -20,7 +20,7 @@ from ._common import NO_POLL, Metric, Sizes, Target, median, offline_client, unt
 CPU_TARGET = Target("ratio", "<=", 0.2)
 MEMORY_TARGET = Target("value", "<=", 512)
 
-Waiter = Callable[[Sequence[JobHandle[Any]]], Awaitable[object]]
+Waiter = Callable[[Sequence[JobHandle[Any]]], Coroutine[Any, Any, object]]
 
 
 async def _gather(handles: Sequence[JobHandle[Any]]) -> object:

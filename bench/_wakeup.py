@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import closing
 from typing import Any, TypeAlias
 
@@ -68,7 +68,7 @@ POSTGRES_TITLE = (
 POSTGRES_TARGET = Target("ratio", "<=", 2.0)
 UNIT = "ms p99"
 
-RawListener: TypeAlias = Callable[..., Awaitable[None]]
+RawListener: TypeAlias = Callable[..., Coroutine[Any, Any, None]]
 """
 ``listen(woken, *, task_status)``: records, by job id, when this process noticed each bare
 write of the publisher; started once no write can be missed any more.
