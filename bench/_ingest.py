@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.lowlevel
@@ -242,7 +242,9 @@ async def sdk_round(
     return elapsed
 
 
-async def alone_round(items: Sequence[Delivery], *, through: str) -> float:
+async def alone_round(
+    items: Sequence[Delivery], *, through: Literal["app", "receive", "floor", "dropped"]
+) -> float:
     """
     Seconds to ingest *items* with no waiter: through WebhookApp (``"app"``), ``receive()``
     itself (``"receive"``), :func:`floor_app` on the same sink (``"floor"``), or with none

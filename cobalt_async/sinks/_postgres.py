@@ -427,8 +427,7 @@ class PostgresSink(Sink):
             self._armed = anyio.Event()
             self._rereads.reset()
             # Commands whose callers gave up finish under their own timeouts first.
-            with anyio.move_on_after(3 * self.command_timeout):
-                await self._commands.finish()
+            await self._commands.finish(within=3 * self.command_timeout)
             pool, self._pool = self._pool, None
             self._migrated = False
             if pool is not None:

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import redis.asyncio as redis
 from anyio.abc import TaskGroup
 from redis.asyncio.cluster import RedisCluster
@@ -247,9 +248,10 @@ class RedisSink(Sink):
         """
         try:
             with anyio.fail_after(self.command_timeout):
+                # acquire() yields to the loop even when a connection is free: a loop cycle
+                # on the path of every command. Its cancellation check is kept.
+                await anyio.lowlevel.checkpoint_if_cancelled()
                 try:
-                    # Without the scheduling checkpoint acquire() takes even when a
-                    # connection is free: a loop cycle on the path of every command.
                     self._admission.acquire_nowait()
                 except anyio.WouldBlock:
                     await self._admission.acquire()
@@ -310,8 +312,7 @@ class RedisSink(Sink):
             self._armed = anyio.Event()
             self._rereads.reset()
             # Commands whose callers gave up finish under their socket timeouts first.
-            with anyio.move_on_after(3 * self.command_timeout):
-                await self._commands.finish()
+            await self._commands.finish(within=3 * self.command_timeout)
             if self._owns_client:
                 await self._redis.aclose()
 

@@ -7,6 +7,8 @@ of every pending job, the retry backoff, and the error of a wait on a sink not o
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 import logging
 import random
@@ -98,38 +100,48 @@ class Detached:
 
     async def run(self, command: Awaitable[T], *, then: Callable[[], None] | None = None) -> T:
         """What *command* returns or raises; *then* is called as it ends, awaited or not."""
-        answer: asyncio.Future[tuple[Any, Exception | None]]
-        answer = asyncio.get_running_loop().create_future()
-        task = asyncio.ensure_future(_hand_over(command, answer, then))
+        answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(_hand_over(command, answer))
         self.running.add(task)
-        task.add_done_callback(self.running.discard)
-        result, error = await answer
-        if error is not None:
-            raise error
-        return result  # type: ignore[no-any-return]
+        task.add_done_callback(functools.partial(self._ended, command, answer, then))
+        return await answer
 
-    async def finish(self) -> None:
-        """Wait for the commands still running, whoever awaits them."""
-        await asyncio.gather(*self.running, return_exceptions=True)
-
-
-async def _hand_over(
-    command: Awaitable[Any],
-    answer: asyncio.Future[tuple[Any, Exception | None]],
-    then: Callable[[], None] | None,
-) -> None:
-    # The reply is set from here, not by a done-callback as asyncio.shield's is: the caller
-    # resumes a loop cycle sooner. An error travels as a value, so that a caller cancelled
-    # as it arrives leaves no exception unretrieved.
-    try:
-        reply: tuple[Any, Exception | None] = (await command, None)
-    except Exception as exc:
-        reply = (None, exc)
-    finally:
+    def _ended(
+        self,
+        command: Awaitable[Any],
+        answer: asyncio.Future[Any],
+        then: Callable[[], None] | None,
+        task: asyncio.Task[None],
+    ) -> None:
+        self.running.discard(task)
         if then is not None:
             then()
-    if not answer.done():  # cancelled with a caller that stopped waiting
-        answer.set_result(reply)
+        if task.cancelled():
+            # Only a closing event loop cancels one, perhaps before its first step: a
+            # coroutine never started is closed, or Python warns that nobody awaited it.
+            if inspect.iscoroutine(command):
+                command.close()
+            answer.cancel()
+        elif (error := task.exception()) is not None and not answer.done():
+            answer.set_exception(error)  # not an Exception, which _hand_over hands over
+
+    async def finish(self, *, within: float) -> None:
+        """Give the commands still running up to *within* seconds to end; cancel none."""
+        if self.running:
+            await asyncio.wait(set(self.running), timeout=within)
+
+
+async def _hand_over(command: Awaitable[T], answer: asyncio.Future[T]) -> None:
+    # The reply is set from here, not by a done-callback as asyncio.shield's is: the caller
+    # resumes a loop cycle sooner.
+    try:
+        result = await command
+    except Exception as exc:
+        if not answer.done():  # cancelled with a caller that stopped waiting
+            answer.set_exception(exc)
+    else:
+        if not answer.done():
+            answer.set_result(result)
 
 
 class Outage:

@@ -5,8 +5,6 @@ outage, a URL that is not Redis's. Every test talks to real ``redis-server`` pro
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import logging
 import os
 import sys
@@ -265,34 +263,6 @@ async def test_a_cancelled_caller_leaves_its_command_to_finish_on_its_connection
             assert {"c0"} == set(await sink.get_outcomes(["c0"]))
     finally:
         await sink.aclose()
-
-
-async def test_a_command_failing_after_its_caller_left_leaves_no_unseen_error() -> None:
-    """Its error is nobody's to raise: asyncio must not report it as never retrieved."""
-    loop = asyncio.get_running_loop()
-    reported: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _loop, context: reported.append(context))
-    sink = RedisSink("redis://127.0.0.1:1", namespace="unused")
-    failed_late = anyio.Event()
-
-    async def fails_late() -> None:
-        await anyio.sleep(0.05)
-        failed_late.set()
-        raise redis.ConnectionError("gone")
-
-    try:
-        with anyio.fail_after(LIMIT):
-            with anyio.move_on_after(0.01):
-                await sink._call(fails_late)
-            (command,) = sink._commands.running
-            await command
-            assert failed_late.is_set()
-            del command
-            gc.collect()
-    finally:
-        loop.set_exception_handler(None)
-        await sink.aclose()
-    assert [] == reported
 
 
 # -- outages and URLs ------------------------------------------------------------------------
