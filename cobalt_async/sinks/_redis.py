@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import redis.asyncio as redis
 from anyio.abc import TaskGroup
 from redis.asyncio.cluster import RedisCluster
@@ -160,7 +159,9 @@ class RedisSink(Sink):
         self._publish_script = self._redis.register_script(_PUBLISH)
         self._register_script = self._redis.register_script(_REGISTER)
         self._forget_script = self._redis.register_script(_FORGET)
-        self._admission = anyio.Semaphore(max_connections)
+        # A free connection is taken without a trip through the event loop (a cycle on the
+        # path of every command); the cancellation check stays.
+        self._admission = anyio.Semaphore(max_connections, fast_acquire=True)
         self._commands = Detached()
         self._armed = anyio.Event()
         self._rereads = Rereads(recheck_interval, logger)
@@ -248,13 +249,7 @@ class RedisSink(Sink):
         """
         try:
             with anyio.fail_after(self.command_timeout):
-                # acquire() yields to the loop even when a connection is free: a loop cycle
-                # on the path of every command. Its cancellation check is kept.
-                await anyio.lowlevel.checkpoint_if_cancelled()
-                try:
-                    self._admission.acquire_nowait()
-                except anyio.WouldBlock:
-                    await self._admission.acquire()
+                await self._admission.acquire()
                 result = await self._commands.run(
                     command(*args, **kwargs), then=self._admission.release
                 )
