@@ -68,17 +68,19 @@ async def test_a_caller_that_stops_waiting_leaves_its_command_to_end() -> None:
 
 
 async def test_a_command_failing_after_its_caller_left_leaves_no_unseen_error() -> None:
-    commands, failed = Detached(), anyio.Event()
+    commands, go_on, failed = Detached(), anyio.Event(), anyio.Event()
 
     async def fails_late() -> None:
-        await anyio.sleep(0.05)
+        await go_on.wait()
         failed.set()
         raise ConnectionError("gone")
 
     with nothing_reported(), anyio.fail_after(LIMIT):
-        with anyio.move_on_after(0.01):
+        with anyio.move_on_after(0.01) as scope:
             await commands.run(fails_late())
+        assert scope.cancelled_caught
         (task,) = commands.running
+        go_on.set()  # only once its caller is gone
         await task
         del task
         assert failed.is_set()
