@@ -222,10 +222,8 @@ async def sdk_round(
     Seconds to ingest *items* with a waiter pending per job, until every waiter ran: through
     ``WebhookApp``, or through :func:`floor_app` on the same sink.
     """
-    app: ASGIApp
-    app, sink = sdk_app(len(items))
-    if floor:
-        app = floor_app(sink, WEBHOOK_SECRET)
+    webhook_app, sink = sdk_app(len(items))
+    app: ASGIApp = floor_app(sink, WEBHOOK_SECRET) if floor else webhook_app
     waiters = Waiters(sink)
     exchange = Exchange()
     async with anyio.create_task_group() as task_group:
