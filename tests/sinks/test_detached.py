@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from cobalt_async.sinks._shared import Detached
